@@ -1,0 +1,324 @@
+"""Train, fine-tune and evaluate ternarized CNNs (He, Gong & Fan, WACV 2019).
+
+    python main.py                                   # tern_resnet20 on the embedded digits set, offline
+    python main.py --dataset cifar10 --arch tern_resnet20 --data_path data/
+    python main.py --dataset imagenet --arch resnet18b_ff_lf_tex1 --data_path /imagenet --pretrained resnet18.pth
+    python main.py --dataset cifar10 --arch tern_resnet20 --evaluate --resume save/cifar10_tern_resnet20/model_best.pth.tar
+
+Unset optimisation flags (--epochs, --optimizer, --learning_rate, --decay, --batch_size,
+--schedule, --gammas) take the paper's recipe for the data set: CIFAR from scratch with
+SGD, ImageNet fine-tuning with Adam, a shortened CIFAR recipe for digits/(Fashion-)MNIST.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import models
+from utils.checkpoint import extract_state_dict, load_checkpoint, load_weights, save_checkpoint
+from utils.data import DATASETS, build_loaders, dataset_info
+from utils.errors import UserError
+from utils.logging import TensorBoardLog, make_logger, plot_curves, write_json
+
+RECIPES = {
+    "cifar": dict(epochs=200, optimizer="SGD", learning_rate=0.1, decay=3e-4, batch_size=128,
+                  schedule=[80, 120, 160], gammas=[0.1, 0.1, 0.5]),
+    "imagenet": dict(epochs=50, optimizer="Adam", learning_rate=1e-4, decay=5e-6, batch_size=256,
+                     schedule=[30, 40, 45], gammas=[0.2, 0.2, 0.5]),
+    "small": dict(epochs=20, optimizer="SGD", learning_rate=0.1, decay=3e-4, batch_size=128,
+                  schedule=[8, 12, 16], gammas=[0.1, 0.1, 0.5]),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set (default: digits, offline)")
+    data.add_argument("--data_path", default="./data", help="where the data set is (or is downloaded to)")
+    data.add_argument("--workers", type=int, default=4, help="data-loading processes (ImageNet only)")
+    data.add_argument("--subset", type=int, default=None, metavar="N",
+                      help="train on a seeded random subset of N training images (quick experiments)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", default="tern_resnet20", metavar="ARCH",
+                       help=f"architecture, one of: {', '.join(models.list_archs())}")
+    model.add_argument("--tex", type=int, default=None, help="REL branches t_ex (paper factors 0.05·1..t_ex)")
+    model.add_argument("--tfactors", type=float, nargs="+", default=None, help="explicit threshold factors, ascending")
+    model.add_argument("--first_last", choices=["tern", "fp"], default=None,
+                       help="ternarize the first conv and last linear layer (tern) or keep them full precision (fp)")
+    model.add_argument("--pretrained", default=None, metavar="PATH",
+                       help="full-precision state_dict (e.g. torchvision's resnet18 file) to start from")
+    optim = parser.add_argument_group("optimisation (unset: the data set's recipe)")
+    optim.add_argument("--epochs", type=int, default=None)
+    optim.add_argument("--optimizer", choices=["SGD", "Adam"], default=None, help="SGD uses Nesterov momentum")
+    optim.add_argument("--batch_size", type=int, default=None)
+    optim.add_argument("--learning_rate", type=float, default=None)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--decay", type=float, default=None, help="weight decay")
+    optim.add_argument("--schedule", type=int, nargs="+", default=None, help="epochs at which the lr is multiplied")
+    optim.add_argument("--gammas", type=float, nargs="+", default=None, help="lr factor at each --schedule epoch")
+    run = parser.add_argument_group("checkpoints and logging")
+    run.add_argument("--save_path", default=None, help="output folder (default: save/DATASET_ARCH)")
+    run.add_argument("--resume", default=None, metavar="PATH", help="checkpoint to resume training or to evaluate")
+    run.add_argument("--start_epoch", type=int, default=0, help="first epoch when not resuming a full checkpoint")
+    run.add_argument("--evaluate", action="store_true", help="evaluate on the test/val split and exit")
+    run.add_argument("--fine_tune", action="store_true", help="with --resume: load the weights only, restart training")
+    run.add_argument("--model_only", action="store_true", help="save {state_dict} only in checkpoints")
+    run.add_argument("--print_freq", type=int, default=100, help="log every N training steps")
+    run.add_argument("--manualSeed", type=int, default=5000, help="random seed (the reference's recipe uses 5000)")
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    hw.add_argument("--ngpu", type=int, default=1, help="GPUs for single-node DataParallel")
+    hw.add_argument("--gpu_id", default=None, help="CUDA_VISIBLE_DEVICES, e.g. '0' or '0,1'")
+    args = parser.parse_args(argv)
+    return apply_recipe(args)
+
+
+def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
+    recipe = RECIPES[dataset_info(args.dataset).family]
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if len(args.schedule) != len(args.gammas):
+        raise UserError(f"--schedule has {len(args.schedule)} epochs but --gammas has {len(args.gammas)} factors")
+    if args.save_path is None:
+        args.save_path = os.path.join("save", f"{args.dataset}_{args.arch}{'_eval' if args.evaluate else ''}")
+    return args
+
+
+def select_device(args: argparse.Namespace) -> torch.device:
+    if args.gpu_id is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_id
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    info = dataset_info(args.dataset)
+    first_last = None if args.first_last is None else args.first_last == "tern"
+    try:
+        model = models.get_model(args.arch, num_classes=info.num_classes, in_channels=info.in_channels,
+                                 tex=args.tex, tfactors=args.tfactors, first_last=first_last)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if args.pretrained:
+        load_weights(model, extract_state_dict(load_checkpoint(args.pretrained)), source=args.pretrained)
+    return model.to(device)
+
+
+def make_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    if args.optimizer == "SGD":
+        return torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                               weight_decay=args.decay, nesterov=True)
+    return torch.optim.Adam(model.parameters(), lr=args.learning_rate, weight_decay=args.decay)
+
+
+def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr(epoch) = learning_rate · Π gamma_i over the schedule epochs already reached."""
+    def factor(epoch: int) -> float:
+        return math.prod(g for g, milestone in zip(args.gammas, args.schedule) if epoch >= milestone)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Metrics:
+    """Loss and top-1/top-5 sums kept on the device; read (one host sync) only on summary()."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, device=device)
+        self.count = 0
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target[:, None])
+        batch = target.shape[0]
+        self.sums += torch.stack([loss.float() * batch, hits[:, 0].sum().float(), hits.sum().float()])
+        self.count += batch
+
+    def summary(self) -> dict[str, float]:
+        loss, top1, top5 = (self.sums / max(self.count, 1)).tolist()
+        return {"loss": loss, "top1": 100 * top1, "top5": 100 * top5}
+
+
+def check_finite(loss: float, epoch: int) -> None:
+    if not math.isfinite(loss):
+        raise UserError(f"training loss became {loss} in epoch {epoch + 1}; stopped without saving "
+                        "(model_best.pth.tar is intact). Try a lower --learning_rate.")
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                    epoch: int, args: argparse.Namespace, logger) -> dict[str, float]:
+    model.train()
+    metrics = Metrics(device)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None, dynamic_ncols=True)
+    for step, (images, target) in enumerate(progress, 1):
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        logits = model(images)
+        loss = F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        metrics.update(loss.detach(), logits.detach(), target)
+        if step % args.print_freq == 0:
+            summary = metrics.summary()
+            check_finite(summary["loss"], epoch)
+            progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.1f}")
+            logger.info(f"  epoch {epoch + 1} step {step}/{len(loader)}  loss {summary['loss']:.4f}  "
+                        f"top1 {summary['top1']:.2f}")
+    summary = metrics.summary()
+    check_finite(summary["loss"], epoch)
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+    model.eval()
+    metrics = Metrics(device)
+    for images, target in tqdm(loader, desc="eval", leave=False, disable=None, dynamic_ncols=True):
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        logits = model(images)
+        metrics.update(F.cross_entropy(logits, target), logits, target)
+    return metrics.summary()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.DataParallel) else model
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]], "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+
+
+def resume(args: argparse.Namespace, model: nn.Module, optimizer, scheduler, logger) -> tuple[int, float, list]:
+    """Load --resume. Returns (start epoch, best top-1, history)."""
+    checkpoint = load_checkpoint(args.resume)
+    load_weights(unwrap(model), extract_state_dict(checkpoint), source=args.resume)
+    full = all(k in checkpoint for k in ("epoch", "optimizer", "scheduler", "history"))
+    if args.evaluate or args.fine_tune or not full:
+        reason = "weights only" if full else "weights only: the file holds no training state"
+        logger.info(f"=> loaded {args.resume} ({reason})")
+        return args.start_epoch, 0.0, []
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if "rng" in checkpoint:
+        set_rng_state(checkpoint["rng"])
+    logger.info(f"=> resumed {args.resume} at epoch {checkpoint['epoch']}")
+    return checkpoint["epoch"], checkpoint.get("best_acc", 0.0), list(checkpoint["history"])
+
+
+def run_summary(args: argparse.Namespace, model: nn.Module, extra: dict) -> dict:
+    return {"arch": args.arch, "dataset": args.dataset,
+            "params": sum(p.numel() for p in model.parameters()),
+            "ternary_layers": sum(1 for _ in models.ternary_layers(model)),
+            "sparsity": models.model_sparsity(model), **extra, "args": vars(args)}
+
+
+def run(args: argparse.Namespace) -> None:
+    started = time.time()
+    device = select_device(args)
+    os.makedirs(args.save_path, exist_ok=True)
+    logger = make_logger(args.save_path)
+    seed_everything(args.manualSeed)
+    logger.info(f"{args.arch} on {args.dataset}, device {device}, saving to {args.save_path}")
+
+    train_loader, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, device,
+                                              seed=args.manualSeed, workers=args.workers, subset=args.subset)
+    model = build_model(args, device)
+    if args.ngpu > 1 and device.type == "cuda":
+        model = nn.DataParallel(model, device_ids=list(range(args.ngpu)))
+    optimizer = make_optimizer(args, model)
+    scheduler = make_scheduler(args, optimizer)
+    start_epoch, best_acc, history = args.start_epoch, 0.0, []
+    if args.resume:
+        start_epoch, best_acc, history = resume(args, model, optimizer, scheduler, logger)
+    logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters, "
+                f"{sum(1 for _ in models.ternary_layers(model))} ternarized layers; "
+                f"{train_loader.dataset_size} train / {test_loader.dataset_size} test images")
+
+    if args.evaluate:
+        result = evaluate(model, test_loader, device)
+        sparsity = models.model_sparsity(model)
+        logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
+                    f"sparsity {100 * sparsity:.2f}%")
+        write_json(run_summary(args, unwrap(model), {"mode": "evaluate", "top1": result["top1"], "top5": result["top5"],
+                                                     "loss": result["loss"], "wall_time_s": time.time() - started}),
+                   os.path.join(args.save_path, "results.json"))
+        return
+
+    tensorboard = TensorBoardLog(args.save_path)
+    for epoch in range(start_epoch, args.epochs):
+        epoch_start = time.time()
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(model, train_loader, optimizer, device, epoch, args, logger)
+        val = evaluate(model, test_loader, device)
+        scheduler.step()
+        is_best = val["top1"] > best_acc
+        best_acc = max(best_acc, val["top1"])
+        record = {"epoch": epoch + 1, "lr": lr, "time_s": time.time() - epoch_start,
+                  **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
+        history.append(record)
+        logger.info(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {train['loss']:.4f} "
+                    f"top1 {train['top1']:6.2f} | val loss {val['loss']:.4f} top1 {val['top1']:6.2f} "
+                    f"top5 {val['top5']:6.2f} | best {best_acc:6.2f} | {record['time_s']:.1f}s")
+        state = {"state_dict": unwrap(model).state_dict()}
+        if not args.model_only:
+            state.update(epoch=epoch + 1, arch=args.arch, optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), best_acc=best_acc, history=history, args=vars(args),
+                         rng=rng_state())
+        save_checkpoint(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
+        if is_best:
+            save_checkpoint(state, os.path.join(args.save_path, "model_best.pth.tar"))
+        tensorboard.epoch(epoch, record, unwrap(model))
+        plot_curves(history, os.path.join(args.save_path, "curve.png"), title=f"{args.arch} on {args.dataset}")
+    tensorboard.close()
+
+    best = max(history, key=lambda r: r["val_top1"]) if history else {}
+    final = history[-1] if history else {}
+    summary = run_summary(args, unwrap(model), {
+        "mode": "train", "epochs": args.epochs,
+        "best_top1": best.get("val_top1"), "best_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
+        "final_top1": final.get("val_top1"), "final_top5": final.get("val_top5"),
+        "wall_time_s": time.time() - started, "history": history})
+    write_json(summary, os.path.join(args.save_path, "results.json"))
+    logger.info(f"done: best top1 {best_acc:.2f}, final top1 {final.get('val_top1', float('nan')):.2f}, "
+                f"sparsity {100 * summary['sparsity']:.2f}%, {summary['wall_time_s']:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

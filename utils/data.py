@@ -1,0 +1,274 @@
+"""Data sets and loaders.
+
+Small data sets (digits, MNIST, Fashion-MNIST, CIFAR-10/100) are held as one uint8
+tensor on the training device; TensorLoader draws batches from it and applies the
+reference's augmentation (random crop with zero padding, horizontal flip) and
+normalisation to whole batches at once. ImageNet uses torchvision's ImageFolder with
+worker processes.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+import torchvision.transforms as T
+
+from .errors import UserError
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_MEAN = tuple(x / 255 for x in (125.3, 123.0, 113.9))
+CIFAR_STD = tuple(x / 255 for x in (63.0, 62.1, 66.7))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int  # random crop of image_size after zero padding by this much (0: none)
+    flip: bool  # random horizontal flip
+    family: str  # which training recipe applies: "cifar", "imagenet" or "small"
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(10, 1, 8, (0.3054,), (0.3760,), 1, False, "small"),
+    "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), 2, False, "small"),
+    "fashion_mnist": DatasetInfo(10, 1, 28, (0.2860,), (0.3530,), 2, True, "small"),
+    "cifar10": DatasetInfo(10, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar"),
+    "cifar100": DatasetInfo(100, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar"),
+    "imagenet": DatasetInfo(1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD, 0, True, "imagenet"),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}'; valid datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+class TensorLoader:
+    """Batches of (normalised float images, int64 labels) from uint8 images (N, C, H, W).
+
+    With train=True each epoch is a fresh permutation and every batch gets a random
+    crop (uniform offset in [0, 2·padding] on each axis of the zero-padded image) and a
+    random horizontal flip with p = 0.5, the distribution of torchvision's
+    RandomCrop(size, padding) + RandomHorizontalFlip. The randomness comes from a
+    generator seeded with seed + epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo, batch_size: int,
+                 train: bool, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size = batch_size
+        self.train = train
+        self.padding = info.crop_padding if train else 0
+        self.flip = info.flip and train
+        self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1) * 255
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, device=self.device, generator=generator) if self.train else None
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+            images = self.images[index]
+            if self.padding:
+                images = random_crop(images, self.padding, generator)
+            if self.flip:
+                images = random_flip(images, generator)
+            yield (images.float() - self.mean) / self.std, self.labels[index]
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of the original size from the zero-padded batch, by gather."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), device=images.device, generator=generator)
+    rows = (offsets[0, :, None] + torch.arange(h, device=images.device)).view(n, 1, h, 1)
+    cols = (offsets[1, :, None] + torch.arange(w, device=images.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+    channel = torch.arange(c, device=images.device).view(1, c, 1, 1)
+    return padded[batch, channel, rows, cols]
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+
+
+def load_digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8×8 digits (values 0..16) as uint8 0..255, stratified 80/20 split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, digits.target, test_size=0.2, random_state=seed, stratify=digits.target)
+    return tuple(torch.from_numpy(a) for a in (x_train, y_train, x_test, y_test))
+
+
+def read_idx(path: str) -> torch.Tensor:
+    """An IDX (MNIST-format) uint8 file, gzip-compressed or not, as a tensor."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise UserError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(shape)):
+        raise UserError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {payload.size}")
+    return torch.from_numpy(payload.copy()).view(*shape)
+
+
+_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _find_idx(directory: str, stem: str) -> str | None:
+    for name in (stem, stem + ".gz"):
+        if os.path.isfile(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    return None
+
+
+def load_mnist_like(name: str, data_path: str) -> tuple[torch.Tensor, ...]:
+    """MNIST or Fashion-MNIST: files under data_path (flat or torchvision's layout), then
+    Debian's dataset-fashion-mnist, then torchvision's download."""
+    folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
+    candidates = [data_path, os.path.join(data_path, folder, "raw")]
+    if name == "fashion_mnist":
+        candidates.append(DEBIAN_FASHION_MNIST)
+    for directory in candidates:
+        paths = [_find_idx(directory, stem) for split in ("train", "test") for stem in _MNIST_FILES[split]]
+        if all(paths):
+            x_train, y_train, x_test, y_test = map(read_idx, paths)
+            return x_train[:, None], y_train.long(), x_test[:, None], y_test.long()
+    dataset_class = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    train = _torchvision_dataset(dataset_class, data_path, train=True, label=name)
+    test = _torchvision_dataset(dataset_class, data_path, train=False, label=name)
+    return train.data[:, None], train.targets.long(), test.data[:, None], test.targets.long()
+
+
+def _torchvision_dataset(dataset_class, root: str, train: bool, label: str):
+    """torchvision's data set from `root`, downloading it when it is missing and the network allows."""
+    try:
+        return dataset_class(root, train=train, download=False)
+    except RuntimeError:
+        pass
+    try:
+        return dataset_class(root, train=train, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise UserError(f"{label} not found under {root} and could not be downloaded "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def load_cifar(name: str, data_path: str) -> tuple[torch.Tensor, ...]:
+    dataset_class = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    train = _torchvision_dataset(dataset_class, data_path, train=True, label=name)
+    test = _torchvision_dataset(dataset_class, data_path, train=False, label=name)
+    return _nchw(train.data), torch.tensor(train.targets), _nchw(test.data), torch.tensor(test.targets)
+
+
+def _nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+class ImageFolderLoader(torch.utils.data.DataLoader):
+    """DataLoader whose shuffling and worker seeds follow seed + epoch (set_epoch)."""
+
+    def __init__(self, dataset, batch_size: int, train: bool, workers: int, pin_memory: bool, seed: int) -> None:
+        self.seed = seed
+        super().__init__(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
+                         pin_memory=pin_memory, persistent_workers=workers > 0,
+                         generator=torch.Generator().manual_seed(seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.dataset)
+
+
+def imagenet_transforms(train: bool) -> T.Compose:
+    if train:
+        steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(256), T.CenterCrop(224)]
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def load_imagenet(data_path: str, batch_size: int, workers: int, pin_memory: bool, seed: int):
+    loaders = []
+    for split, train in (("train", True), ("val", False)):
+        root = os.path.join(data_path, split)
+        if not os.path.isdir(root):
+            raise UserError(f"imagenet expects an ImageFolder at {root} (one sub-folder of images per class)")
+        dataset = torchvision.datasets.ImageFolder(root, transform=imagenet_transforms(train))
+        loaders.append(ImageFolderLoader(dataset, batch_size, train, workers, pin_memory, seed))
+    return loaders
+
+
+def random_subset(size: int, subset: int | None, seed: int) -> torch.Tensor | None:
+    """Indices of a seeded random subset of `subset` items (None: use everything)."""
+    if subset is None or subset >= size:
+        return None
+    if subset < 1:
+        raise UserError(f"--subset must be positive, got {subset}")
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:subset]
+
+
+def build_loaders(name: str, data_path: str, batch_size: int, device: torch.device, seed: int = 0,
+                  workers: int = 4, subset: int | None = None
+                  ) -> tuple[TensorLoader | ImageFolderLoader, TensorLoader | ImageFolderLoader]:
+    """(train loader, test loader) for a data set; both have set_epoch and dataset_size.
+    `subset` trains on a seeded random subset of the training split."""
+    info = dataset_info(name)
+    if name == "imagenet":
+        train, test = load_imagenet(data_path, batch_size, workers, device.type == "cuda", seed)
+        index = random_subset(len(train.dataset), subset, seed)
+        if index is not None:
+            train = ImageFolderLoader(torch.utils.data.Subset(train.dataset, index.tolist()), batch_size, True,
+                                      workers, device.type == "cuda", seed)
+        return train, test
+    if name == "digits":
+        arrays = load_digits()
+    elif name in ("mnist", "fashion_mnist"):
+        arrays = load_mnist_like(name, data_path)
+    else:
+        arrays = load_cifar(name, data_path)
+    x_train, y_train, x_test, y_test = arrays
+    index = random_subset(len(y_train), subset, seed)
+    if index is not None:
+        x_train, y_train = x_train[index], y_train[index]
+    return (TensorLoader(x_train, y_train, info, batch_size, train=True, device=device, seed=seed),
+            TensorLoader(x_test, y_test, info, batch_size, train=False, device=device, seed=seed))
