@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 import models
 from utils.checkpoint import extract_state_dict, load_checkpoint, load_weights, save_checkpoint
+from utils.compression import compression_report, format_report
 from utils.data import DATASETS, build_loaders, dataset_info
 from utils.errors import UserError
+from utils.export import ENCODINGS, export_packed, is_packed_file, load_packed
 from utils.logging import TensorBoardLog, make_logger, plot_curves, write_json
 
 RECIPES = {
@@ -73,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--evaluate", action="store_true", help="evaluate on the test/val split and exit")
     run.add_argument("--fine_tune", action="store_true", help="with --resume: load the weights only, restart training")
     run.add_argument("--model_only", action="store_true", help="save {state_dict} only in checkpoints")
+    run.add_argument("--export", default=None, metavar="PATH",
+                     help="write the model (after --resume/--pretrained) as a packed ternary file and exit")
+    run.add_argument("--export_encoding", choices=ENCODINGS, default="dense",
+                     help="dense: 5 trits per byte (1.6 bits/weight); 2bit: one 2-bit code per weight")
     run.add_argument("--print_freq", type=int, default=100, help="log every N training steps")
     run.add_argument("--manualSeed", type=int, default=5000, help="random seed (the reference's recipe uses 5000)")
     hw = parser.add_argument_group("hardware")
@@ -121,6 +127,25 @@ def build_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     if args.pretrained:
         load_weights(model, extract_state_dict(load_checkpoint(args.pretrained)), source=args.pretrained)
     return model.to(device)
+
+
+def load_packed_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """The network of a packed .tern file, checked against the data set."""
+    model = load_packed(args.resume)
+    info, config = dataset_info(args.dataset), model.build_config
+    if (config["num_classes"], config["in_channels"]) != (info.num_classes, info.in_channels):
+        raise UserError(f"{args.resume} was built for {config['num_classes']} classes and {config['in_channels']} "
+                        f"input channels, {args.dataset} has {info.num_classes} and {info.in_channels}")
+    args.arch = config["arch"]
+    return model.to(device)
+
+
+def report_compression(args: argparse.Namespace, model: nn.Module, packed_bytes: int | None, logger) -> dict:
+    info = dataset_info(args.dataset)
+    report = compression_report(model, (info.in_channels, info.image_size, info.image_size), packed_bytes)
+    logger.info(format_report(report))
+    write_json(report, os.path.join(args.save_path, "compression.json"))
+    return report
 
 
 def make_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
@@ -249,26 +274,35 @@ def run(args: argparse.Namespace) -> None:
 
     train_loader, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, device,
                                               seed=args.manualSeed, workers=args.workers, subset=args.subset)
-    model = build_model(args, device)
+    packed = bool(args.resume) and os.path.isfile(args.resume) and is_packed_file(args.resume)
+    if packed and not args.evaluate:
+        raise UserError(f"{args.resume} is a packed inference file: use it with --evaluate")
+    model = load_packed_model(args, device) if packed else build_model(args, device)
     if args.ngpu > 1 and device.type == "cuda":
         model = nn.DataParallel(model, device_ids=list(range(args.ngpu)))
     optimizer = make_optimizer(args, model)
     scheduler = make_scheduler(args, optimizer)
     start_epoch, best_acc, history = args.start_epoch, 0.0, []
-    if args.resume:
+    if args.resume and not packed:
         start_epoch, best_acc, history = resume(args, model, optimizer, scheduler, logger)
     logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters, "
                 f"{sum(1 for _ in models.ternary_layers(model))} ternarized layers; "
                 f"{train_loader.dataset_size} train / {test_loader.dataset_size} test images")
 
+    if args.export:
+        size = export_packed(unwrap(model), args.export, args.export_encoding)
+        logger.info(f"=> wrote {args.export} ({size:,} bytes, {args.export_encoding} encoding)")
+        report_compression(args, unwrap(model), size, logger)
+        return
     if args.evaluate:
         result = evaluate(model, test_loader, device)
-        sparsity = models.model_sparsity(model)
+        report = report_compression(args, unwrap(model), os.path.getsize(args.resume) if packed else None, logger)
         logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-                    f"sparsity {100 * sparsity:.2f}%")
-        write_json(run_summary(args, unwrap(model), {"mode": "evaluate", "top1": result["top1"], "top5": result["top5"],
-                                                     "loss": result["loss"], "wall_time_s": time.time() - started}),
-                   os.path.join(args.save_path, "results.json"))
+                    f"sparsity {100 * report['sparsity']:.2f}%")
+        summary = run_summary(args, unwrap(model), {"mode": "evaluate", "top1": result["top1"], "top5": result["top5"],
+                                                    "loss": result["loss"], "wall_time_s": time.time() - started})
+        summary["sparsity"] = report["sparsity"]
+        write_json(summary, os.path.join(args.save_path, "results.json"))
         return
 
     tensorboard = TensorBoardLog(args.save_path)

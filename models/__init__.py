@@ -89,7 +89,12 @@ def get_model(arch: str, num_classes: int | None = None, in_channels: int = 3, *
     ternarization (tex=k uses the paper's factors 0.05·1..k)."""
     spec = _spec(arch)
     factors, keep_first_last_ternary = resolve_tfactors(arch, tex, tfactors, first_last)
-    model = spec.builder(num_classes=num_classes or DEFAULT_NUM_CLASSES[spec.family], in_channels=in_channels)
+    num_classes = num_classes or DEFAULT_NUM_CLASSES[spec.family]
+    model = spec.builder(num_classes=num_classes, in_channels=in_channels)
     if factors is not None:
         ternarize_model(model, factors, first_last=keep_first_last_ternary)
+    # What rebuilds this exact network (used by utils.export to write self-contained files).
+    model.build_config = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels,
+                          "tfactors": list(factors) if factors is not None else None,
+                          "first_last": keep_first_last_ternary}
     return model

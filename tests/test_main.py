@@ -65,6 +65,18 @@ def test_evaluate_reproduces_best_accuracy(default_run, tmp_path, capsys):
     assert f"Prec@1 {best:.2f}" in capsys.readouterr().out
 
 
+def test_export_then_evaluate_packed_file_gives_the_same_accuracy(default_run, tmp_path):
+    best = json.load(open(os.path.join(default_run, "results.json")))["best_top1"]
+    packed = str(tmp_path / "model.tern")
+    assert main.main(["--resume", os.path.join(default_run, "model_best.pth.tar"), "--export", packed,
+                      "--save_path", str(tmp_path / "export")]) == 0
+    report = json.load(open(tmp_path / "export" / "compression.json"))
+    assert report["compression_ratio"] >= 16 and report["packed_bytes"] == os.path.getsize(packed)
+    assert main.main(["--evaluate", "--resume", packed, "--save_path", str(tmp_path / "eval")]) == 0
+    assert json.load(open(tmp_path / "eval" / "results.json"))["top1"] == pytest.approx(best, abs=1e-4)
+    assert main.main(["--resume", packed, "--save_path", str(tmp_path / "train")]) == 2
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     common = ["--epochs", "2", "--subset", "600", "--print_freq", "1000"]
     assert main.main(common + ["--save_path", str(tmp_path / "straight")]) == 0

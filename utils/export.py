@@ -1,0 +1,231 @@
+"""Packed ternary models: a self-contained file with the ternary codes, no latent weights.
+
+File layout (version 1, all integers little-endian):
+
+    magic      8 bytes  b"TERNPACK"
+    version    uint16   1
+    header_len uint32   length of the header in bytes
+    header     zlib-compressed JSON: build config (arch, num_classes, in_channels, tfactors, first_last)
+                        and one entry per tensor: name, kind, shape, offset, nbytes
+                        (+ for kind "ternary": alphas, base, group, group_bits)
+    payload    bytes    the tensors, back to back, at the offsets the header gives
+    sha256     32 bytes SHA-256 of everything before it
+
+Kind "fp32": raw little-endian float32 (BatchNorm, biases, full-precision layers).
+Kind "int64": raw little-endian int64 (BatchNorm's num_batches_tracked).
+Kind "ternary": the effective weight Σ_k T_k(W) of a layer with t_ex branches. Each weight
+is one digit c = m·sign(W) + t_ex in base 2·t_ex+1, where m = how many branches keep it
+(the branches are nested, so m says which ones); its value is sign · (α_1 + … + α_m).
+`group` digits form one number below base^group, stored in `group_bits` bits of a
+little-endian bit stream: 5 digits in 8 bits (1.6 bits/weight) for t_ex = 1, 3 in 7 bits
+(2.33) for t_ex = 2, 5 in 16 bits (3.2) for t_ex = 4. The "2bit" encoding instead stores
+one digit per power-of-two-wide field (2 bits for t_ex = 1, 4 for t_ex = 2..7).
+
+Loading never unpickles anything: it parses JSON and raw numbers after checking the
+magic, version, checksum and every size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models import ARCHS
+from models.ternary import ternary_branches, ternary_layers
+
+from .errors import UserError
+
+MAGIC = b"TERNPACK"
+VERSION = 1
+_PREFIX = struct.Struct("<8sHI")
+_DIGEST_BYTES = 32
+ENCODINGS = ("dense", "2bit")
+
+
+def is_packed_file(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def packing_layout(base: int, encoding: str = "dense") -> tuple[int, int]:
+    """(digits per group, bits per group) for base-`base` digits.
+
+    dense: the group of at most 16 bits with the fewest bits per digit (base^g ≤ 2^B).
+    2bit: one digit per field of 2, 4, 8 ... bits (byte-aligned, simplest to decode).
+    """
+    if encoding == "2bit":
+        return 1, 2 ** math.ceil(math.log2(math.ceil(math.log2(base))))
+    if encoding != "dense":
+        raise ValueError(f"unknown encoding '{encoding}', expected one of {ENCODINGS}")
+    best = None
+    for bits in range(1, 17):
+        digits = int(math.floor(bits / math.log2(base) + 1e-9))
+        while base ** (digits + 1) <= 2 ** bits:
+            digits += 1
+        while digits and base ** digits > 2 ** bits:
+            digits -= 1
+        if digits and (best is None or bits / digits < best[1] / best[0]):
+            best = (digits, bits)
+    return best
+
+
+def pack_digits(digits: np.ndarray, base: int, group: int, group_bits: int) -> bytes:
+    """Pack base-`base` digits (uint8 array), `group` per `group_bits`-bit field."""
+    count = digits.size
+    padded = np.zeros(-(-count // group) * group, dtype=np.int64)
+    padded[:count] = digits
+    values = (padded.reshape(-1, group) * base ** np.arange(group, dtype=np.int64)).sum(axis=1)
+    bits = (values[:, None] >> np.arange(group_bits, dtype=np.int64)) & 1
+    return np.packbits(bits.astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def unpack_digits(data: bytes, count: int, base: int, group: int, group_bits: int) -> np.ndarray:
+    """Inverse of pack_digits: `count` digits as int64."""
+    groups = -(-count // group)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: groups * group_bits]
+    values = (bits.reshape(groups, group_bits).astype(np.int64) << np.arange(group_bits, dtype=np.int64)).sum(axis=1)
+    digits = (values[:, None] // base ** np.arange(group, dtype=np.int64)) % base
+    if np.any(values >= base ** group):
+        raise UserError("packed codes are out of range (the file is corrupt)")
+    return digits.ravel()[:count]
+
+
+def packed_size(count: int, base: int, encoding: str = "dense") -> int:
+    group, group_bits = packing_layout(base, encoding)
+    return -(-(-(-count // group) * group_bits) // 8)
+
+
+@torch.no_grad()
+def ternary_codes(weight: torch.Tensor, tfactors) -> tuple[np.ndarray, list[float]]:
+    """Digits m·sign(W) + t_ex (0 .. 2·t_ex) of the effective weight, and the α_k."""
+    magnitude_index = torch.zeros_like(weight, dtype=torch.int64)
+    alphas = []
+    for alpha, mask in ternary_branches(weight, tfactors):
+        magnitude_index += mask
+        alphas.append(alpha)
+    alphas = torch.stack(alphas).tolist()
+    if not all(math.isfinite(a) for a in alphas):
+        raise UserError("cannot export a layer whose weight holds NaN or Inf")
+    signed = torch.where(weight < 0, -magnitude_index, magnitude_index) + len(tfactors)
+    return signed.flatten().cpu().numpy().astype(np.uint8), alphas
+
+
+def decode_ternary(digits: np.ndarray, alphas: list[float], shape: list[int]) -> torch.Tensor:
+    """sign · (α_1 + … + α_m), summed in fp32 in branch order exactly like the layer does."""
+    tex = len(alphas)
+    levels = [torch.zeros((), dtype=torch.float32)]
+    for alpha in torch.tensor(alphas, dtype=torch.float32):  # fp32 adds, not cumsum (it accumulates in fp64 on CPU)
+        levels.append(levels[-1] + alpha)
+    levels = torch.stack(levels)
+    signed = torch.from_numpy(digits.astype(np.int64)) - tex
+    return levels[signed.abs()].copysign(signed.float()).view(shape)
+
+
+def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[bytes]]:
+    entries, blobs = [], []
+    ternary = {f"{name}.weight" if name else "weight": layer for name, layer in ternary_layers(model)}
+    for key, tensor in model.state_dict().items():
+        entry = {"name": key, "shape": list(tensor.shape)}
+        if key in ternary:
+            layer = ternary[key]
+            digits, alphas = ternary_codes(tensor, layer.tfactors)
+            base = 2 * layer.tex + 1
+            group, group_bits = packing_layout(base, encoding)
+            blob = pack_digits(digits, base, group, group_bits)
+            entry.update(kind="ternary", alphas=alphas, base=base, group=group, group_bits=group_bits)
+        elif tensor.is_floating_point():
+            blob = tensor.detach().cpu().float().numpy().astype("<f4").tobytes()
+            entry["kind"] = "fp32"
+        else:
+            blob = tensor.detach().cpu().numpy().astype("<i8").tobytes()
+            entry["kind"] = "int64"
+        entries.append(entry)
+        blobs.append(blob)
+    return entries, blobs
+
+
+def export_packed(model: nn.Module, path: str, encoding: str = "dense") -> int:
+    """Write `model` (built by models.get_model) as a packed file; returns its size in bytes."""
+    model = model.module if isinstance(model, nn.DataParallel) else model
+    config = getattr(model, "build_config", None)
+    if config is None:
+        raise UserError("export needs a model built by models.get_model (it records how to rebuild it)")
+    entries, blobs = _layer_entries(model, encoding)
+    offset = 0
+    for entry, blob in zip(entries, blobs):
+        entry.update(offset=offset, nbytes=len(blob))
+        offset += len(blob)
+    header = zlib.compress(json.dumps({"config": config, "encoding": encoding, "tensors": entries},
+                                      separators=(",", ":")).encode(), level=9)
+    body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(blobs)
+    data = body + hashlib.sha256(body).digest()
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
+def _read_verified(path: str) -> tuple[dict, memoryview]:
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < _PREFIX.size + _DIGEST_BYTES or data[: len(MAGIC)] != MAGIC:
+        raise UserError(f"{path} is not a packed ternary model (bad magic or too short)")
+    _, version, header_len = _PREFIX.unpack_from(data)
+    if version != VERSION:
+        raise UserError(f"{path} has packed-format version {version}; this code reads version {VERSION}")
+    body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
+    if hashlib.sha256(body).digest() != digest:
+        raise UserError(f"{path} is corrupt or truncated (checksum mismatch)")
+    if _PREFIX.size + header_len > len(body):
+        raise UserError(f"{path} has a header longer than the file")
+    try:
+        header = json.loads(zlib.decompress(body[_PREFIX.size:_PREFIX.size + header_len]))
+    except (zlib.error, ValueError) as exc:
+        raise UserError(f"{path} has an unreadable header ({exc})") from exc
+    return header, memoryview(body)[_PREFIX.size + header_len:]
+
+
+def _expected_nbytes(entry: dict, encoding: str) -> int:
+    count = math.prod(entry["shape"])
+    if entry["kind"] == "ternary":
+        return packed_size(count, entry["base"], encoding)
+    return count * (4 if entry["kind"] == "fp32" else 8)
+
+
+def _decode_entry(entry: dict, blob: bytes) -> torch.Tensor:
+    shape = entry["shape"]
+    if entry["kind"] == "ternary":
+        digits = unpack_digits(blob, math.prod(shape), entry["base"], entry["group"], entry["group_bits"])
+        return decode_ternary(digits, entry["alphas"], shape)
+    dtype = "<f4" if entry["kind"] == "fp32" else "<i8"
+    return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy()).view(shape)
+
+
+def load_packed(path: str) -> nn.Module:
+    """Rebuild the network of a packed file for inference (eval mode).
+
+    The network is the arch's full-precision definition whose ternarized layers hold
+    their ternary-valued effective weights as ordinary nn.Conv2d / nn.Linear weights: the
+    latent weights are not in the file, and inference needs nothing else."""
+    header, payload = _read_verified(path)
+    config, encoding = header["config"], header["encoding"]
+    if config.get("arch") not in ARCHS:
+        raise UserError(f"{path} names an unknown arch {config.get('arch')!r}")
+    model = ARCHS[config["arch"]].builder(num_classes=config["num_classes"], in_channels=config["in_channels"])
+    state = {}
+    for entry in header["tensors"]:
+        expected = _expected_nbytes(entry, encoding)
+        if entry["nbytes"] != expected or entry["offset"] + expected > len(payload):
+            raise UserError(f"{path}: tensor {entry['name']} has an inconsistent size")
+        state[entry["name"]] = _decode_entry(entry, payload[entry["offset"]:entry["offset"] + expected])
+    model.load_state_dict(state, strict=True)
+    model.build_config = config
+    model.packed_tex = {entry["name"].rpartition(".")[0]: (entry["base"] - 1) // 2
+                        for entry in header["tensors"] if entry["kind"] == "ternary"}
+    return model.eval()
+
