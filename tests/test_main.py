@@ -113,6 +113,29 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert __import__("re").search(message, err), err
 
 
+def test_pretrained_full_precision_weights_start_the_ternary_twin(tmp_path, capsys):
+    import models
+
+    fp_path = tmp_path / "resnet20_fp.pth"
+    torch.save(models.get_model("resnet20", in_channels=1).state_dict(), fp_path)
+    assert main.main(["--pretrained", str(fp_path), "--evaluate", "--save_path", str(tmp_path / "ok")]) == 0
+    torch.save(models.get_model("resnet20").state_dict(), fp_path)  # 3 input channels: does not fit digits
+    assert main.main(["--pretrained", str(fp_path), "--evaluate", "--save_path", str(tmp_path / "bad")]) == 2
+    assert "shape mismatches (1): conv_1_3x3.weight" in capsys.readouterr().err
+
+
+def test_missing_cifar_without_network_is_one_line(tmp_path, monkeypatch, capsys):
+    import torchvision
+    from urllib.error import URLError
+
+    def offline(self):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    assert main.main(["--dataset", "cifar10", "--data_path", str(tmp_path / "none"), "--save_path", str(tmp_path)]) == 2
+    assert "cifar10 not found under" in capsys.readouterr().err
+
+
 def test_unknown_dataset_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(["--dataset", "svhn"])
