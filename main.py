@@ -257,11 +257,12 @@ def resume(args: argparse.Namespace, model: nn.Module, optimizer, scheduler, log
     return checkpoint["epoch"], checkpoint.get("best_acc", 0.0), list(checkpoint["history"])
 
 
-def run_summary(args: argparse.Namespace, model: nn.Module, extra: dict) -> dict:
-    return {"arch": args.arch, "dataset": args.dataset,
-            "params": sum(p.numel() for p in model.parameters()),
-            "ternary_layers": sum(1 for _ in models.ternary_layers(model)),
-            "sparsity": models.model_sparsity(model), **extra, "args": vars(args)}
+def run_summary(args: argparse.Namespace, model: nn.Module, report: dict, extra: dict) -> dict:
+    """results.json: the model's statistics come from the compression report, which sees
+    live ternary layers and ones loaded from a packed file alike."""
+    return {"arch": args.arch, "dataset": args.dataset, "params": sum(p.numel() for p in model.parameters()),
+            "ternary_layers": report["ternary_layers"], "sparsity": report["ternary_sparsity"], **extra,
+            "args": vars(args)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -272,8 +273,6 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.manualSeed)
     logger.info(f"{args.arch} on {args.dataset}, device {device}, saving to {args.save_path}")
 
-    train_loader, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, device,
-                                              seed=args.manualSeed, workers=args.workers, subset=args.subset)
     packed = bool(args.resume) and os.path.isfile(args.resume) and is_packed_file(args.resume)
     if packed and not args.evaluate:
         raise UserError(f"{args.resume} is a packed inference file: use it with --evaluate")
@@ -285,24 +284,26 @@ def run(args: argparse.Namespace) -> None:
     start_epoch, best_acc, history = args.start_epoch, 0.0, []
     if args.resume and not packed:
         start_epoch, best_acc, history = resume(args, model, optimizer, scheduler, logger)
-    logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters, "
-                f"{sum(1 for _ in models.ternary_layers(model))} ternarized layers; "
-                f"{train_loader.dataset_size} train / {test_loader.dataset_size} test images")
 
     if args.export:
         size = export_packed(unwrap(model), args.export, args.export_encoding)
         logger.info(f"=> wrote {args.export} ({size:,} bytes, {args.export_encoding} encoding)")
         report_compression(args, unwrap(model), size, logger)
         return
+
+    train_loader, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, device,
+                                              seed=args.manualSeed, workers=args.workers, subset=args.subset,
+                                              include_train=not args.evaluate)
+    logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters; {test_loader.dataset_size} test images"
+                + (f", {train_loader.dataset_size} train images" if train_loader else ""))
     if args.evaluate:
         result = evaluate(model, test_loader, device)
         report = report_compression(args, unwrap(model), os.path.getsize(args.resume) if packed else None, logger)
         logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-                    f"sparsity {100 * report['sparsity']:.2f}%")
-        summary = run_summary(args, unwrap(model), {"mode": "evaluate", "top1": result["top1"], "top5": result["top5"],
-                                                    "loss": result["loss"], "wall_time_s": time.time() - started})
-        summary["sparsity"] = report["sparsity"]
-        write_json(summary, os.path.join(args.save_path, "results.json"))
+                    f"sparsity {100 * report['ternary_sparsity']:.2f}%")
+        write_json(run_summary(args, unwrap(model), report, {
+            "mode": "evaluate", "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
+            "wall_time_s": time.time() - started}), os.path.join(args.save_path, "results.json"))
         return
 
     tensorboard = TensorBoardLog(args.save_path)
@@ -335,7 +336,8 @@ def run(args: argparse.Namespace) -> None:
 
     best = max(history, key=lambda r: r["val_top1"]) if history else {}
     final = history[-1] if history else {}
-    summary = run_summary(args, unwrap(model), {
+    report = report_compression(args, unwrap(model), None, logger)
+    summary = run_summary(args, unwrap(model), report, {
         "mode": "train", "epochs": args.epochs,
         "best_top1": best.get("val_top1"), "best_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
         "final_top1": final.get("val_top1"), "final_top5": final.get("val_top5"),

@@ -225,7 +225,7 @@ def ternary_layers(model: nn.Module) -> Iterator[tuple[str, TernaryLayer]]:
 def layer_stats(layer: TernaryLayer) -> dict:
     """Sparsity (fraction of zero weights), α of each REL branch and the number of
     distinct values of the effective weight (at most 2·t_ex + 1)."""
-    weight = layer.effective_weight()
+    weight = layer.quantized_weight()  # under no_grad: the eval cache when the weight is unchanged
     alphas = [float(alpha) for alpha, _ in ternary_branches(layer.weight, layer.tfactors)]
     return {
         "params": weight.numel(),
@@ -241,7 +241,7 @@ def model_sparsity(model: nn.Module) -> float:
     """Fraction of zero weights over all ternarized layers (0.0 when there are none)."""
     zeros, total = 0, 0
     for _, layer in ternary_layers(model):
-        weight = layer.effective_weight()
+        weight = layer.quantized_weight()
         zeros += int((weight == 0).sum())
         total += weight.numel()
     return zeros / total if total else 0.0

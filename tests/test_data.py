@@ -94,6 +94,13 @@ def test_imagenet_loader_reads_an_image_folder_of_jpegs(tmp_path):
     assert train.dataset_size == 6 and next(iter(train))[0].shape == (4, 3, 224, 224)
 
 
+def test_imagenet_evaluation_does_not_need_the_train_folder(tmp_path):
+    os.makedirs(tmp_path / "val" / "n01")
+    Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(tmp_path / "val" / "n01" / "a.JPEG")
+    train, val = build_loaders("imagenet", str(tmp_path), 2, torch.device("cpu"), workers=0, include_train=False)
+    assert train is None and val.dataset_size == 1
+
+
 def test_imagenet_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="ImageFolder"):
         build_loaders("imagenet", str(tmp_path), 4, torch.device("cpu"))

@@ -73,8 +73,18 @@ def test_export_then_evaluate_packed_file_gives_the_same_accuracy(default_run, t
     report = json.load(open(tmp_path / "export" / "compression.json"))
     assert report["compression_ratio"] >= 16 and report["packed_bytes"] == os.path.getsize(packed)
     assert main.main(["--evaluate", "--resume", packed, "--save_path", str(tmp_path / "eval")]) == 0
-    assert json.load(open(tmp_path / "eval" / "results.json"))["top1"] == pytest.approx(best, abs=1e-4)
+    evaluated = json.load(open(tmp_path / "eval" / "results.json"))
+    trained = json.load(open(os.path.join(default_run, "results.json")))
+    assert evaluated["top1"] == pytest.approx(best, abs=1e-4)
+    assert evaluated["ternary_layers"] == trained["ternary_layers"] == 20
     assert main.main(["--resume", packed, "--save_path", str(tmp_path / "train")]) == 2
+
+
+def test_export_needs_no_data(tmp_path):
+    packed = str(tmp_path / "cifar.tern")
+    assert main.main(["--dataset", "cifar10", "--data_path", str(tmp_path / "absent"), "--export", packed,
+                      "--save_path", str(tmp_path / "out")]) == 0
+    assert os.path.getsize(packed) > 0
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):

@@ -29,7 +29,8 @@ def ternary_tex(model: nn.Module) -> dict[str, int]:
 
 
 def _effective_weight(module: nn.Module) -> torch.Tensor:
-    return module.effective_weight() if isinstance(module, TernaryLayerMixin) else module.weight.detach()
+    """The weight a layer applies; for a ternary layer under no_grad its eval cache."""
+    return module.quantized_weight() if isinstance(module, TernaryLayerMixin) else module.weight.detach()
 
 
 @torch.no_grad()
@@ -80,11 +81,14 @@ def compression_report(model: nn.Module, input_shape: tuple[int, ...], packed_by
         })
     totals = {key: sum(layer[key] for layer in layers)
               for key in ("params", "zeros", "bytes", "macs", "nonzero_macs", "add_only_macs", "multiplications")}
-    ternary_params = sum(layer["params"] for layer in layers if layer["ternary"])
+    ternary = [layer for layer in layers if layer["ternary"]]
+    ternary_params = sum(layer["params"] for layer in ternary)
     fp32_bytes = _state_dict_file_size(model)
     report = {
         "layers": layers, "totals": totals,
+        "ternary_layers": len(ternary),
         "ternary_params_fraction": ternary_params / totals["params"] if totals["params"] else 0.0,
+        "ternary_sparsity": sum(layer["zeros"] for layer in ternary) / ternary_params if ternary_params else 0.0,
         "sparsity": totals["zeros"] / totals["params"] if totals["params"] else 0.0,
         "fp32_state_dict_bytes": fp32_bytes,
         "mac_reduction": totals["macs"] / max(totals["nonzero_macs"], 1),

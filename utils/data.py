@@ -227,13 +227,20 @@ def imagenet_transforms(train: bool) -> T.Compose:
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def load_imagenet(data_path: str, batch_size: int, workers: int, pin_memory: bool, seed: int):
-    loaders = []
+def load_imagenet(data_path: str, batch_size: int, workers: int, pin_memory: bool, seed: int,
+                  include_train: bool = True, subset: int | None = None) -> list[ImageFolderLoader | None]:
+    loaders: list[ImageFolderLoader | None] = []
     for split, train in (("train", True), ("val", False)):
+        if train and not include_train:
+            loaders.append(None)
+            continue
         root = os.path.join(data_path, split)
         if not os.path.isdir(root):
             raise UserError(f"imagenet expects an ImageFolder at {root} (one sub-folder of images per class)")
         dataset = torchvision.datasets.ImageFolder(root, transform=imagenet_transforms(train))
+        index = random_subset(len(dataset), subset, seed) if train else None
+        if index is not None:
+            dataset = torch.utils.data.Subset(dataset, index.tolist())
         loaders.append(ImageFolderLoader(dataset, batch_size, train, workers, pin_memory, seed))
     return loaders
 
@@ -248,17 +255,15 @@ def random_subset(size: int, subset: int | None, seed: int) -> torch.Tensor | No
 
 
 def build_loaders(name: str, data_path: str, batch_size: int, device: torch.device, seed: int = 0,
-                  workers: int = 4, subset: int | None = None
-                  ) -> tuple[TensorLoader | ImageFolderLoader, TensorLoader | ImageFolderLoader]:
+                  workers: int = 4, subset: int | None = None, include_train: bool = True
+                  ) -> tuple[TensorLoader | ImageFolderLoader | None, TensorLoader | ImageFolderLoader]:
     """(train loader, test loader) for a data set; both have set_epoch and dataset_size.
-    `subset` trains on a seeded random subset of the training split."""
+    `subset` trains on a seeded random subset of the training split; with
+    include_train=False (evaluation) the train loader is None and ImageNet's train
+    folder is not scanned."""
     info = dataset_info(name)
     if name == "imagenet":
-        train, test = load_imagenet(data_path, batch_size, workers, device.type == "cuda", seed)
-        index = random_subset(len(train.dataset), subset, seed)
-        if index is not None:
-            train = ImageFolderLoader(torch.utils.data.Subset(train.dataset, index.tolist()), batch_size, True,
-                                      workers, device.type == "cuda", seed)
+        train, test = load_imagenet(data_path, batch_size, workers, device.type == "cuda", seed, include_train, subset)
         return train, test
     if name == "digits":
         arrays = load_digits()
@@ -267,8 +272,10 @@ def build_loaders(name: str, data_path: str, batch_size: int, device: torch.devi
     else:
         arrays = load_cifar(name, data_path)
     x_train, y_train, x_test, y_test = arrays
+    test = TensorLoader(x_test, y_test, info, batch_size, train=False, device=device, seed=seed)
+    if not include_train:
+        return None, test
     index = random_subset(len(y_train), subset, seed)
     if index is not None:
         x_train, y_train = x_train[index], y_train[index]
-    return (TensorLoader(x_train, y_train, info, batch_size, train=True, device=device, seed=seed),
-            TensorLoader(x_test, y_test, info, batch_size, train=False, device=device, seed=seed))
+    return TensorLoader(x_train, y_train, info, batch_size, train=True, device=device, seed=seed), test

@@ -152,7 +152,6 @@ def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[by
 
 def export_packed(model: nn.Module, path: str, encoding: str = "dense") -> int:
     """Write `model` (built by models.get_model) as a packed file; returns its size in bytes."""
-    model = model.module if isinstance(model, nn.DataParallel) else model
     config = getattr(model, "build_config", None)
     if config is None:
         raise UserError("export needs a model built by models.get_model (it records how to rebuild it)")

@@ -15,7 +15,9 @@ from models.ternary import layer_stats, ternary_layers
 def make_logger(save_path: str | None, name: str = "ternary") -> logging.Logger:
     """A logger that prints to stdout and, with a save_path, appends to save_path/log.txt."""
     logger = logging.getLogger(f"{name}.{save_path}")
-    logger.handlers.clear()
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     console = logging.StreamHandler(sys.stdout)
