@@ -54,7 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--arch", default="tern_resnet20", metavar="ARCH",
                        help=f"architecture, one of: {', '.join(models.list_archs())}")
     model.add_argument("--tex", type=int, default=None, help="REL branches t_ex (paper factors 0.05·1..t_ex)")
-    model.add_argument("--tfactors", type=float, nargs="+", default=None, help="explicit threshold factors, ascending")
+    model.add_argument("--tfactors", nargs="+", default=None, metavar="T",
+                       help="threshold factors Δ_k/max|W|, ascending; or 'auto': each layer's thresholds "
+                            "minimise its reconstruction error, re-optimised at --threshold_every")
+    model.add_argument("--threshold_every", type=int, default=0, metavar="N",
+                       help="with --tfactors auto: re-optimise every N training steps (0: at every epoch start)")
     model.add_argument("--first_last", choices=["tern", "fp"], default=None,
                        help="ternarize the first conv and last linear layer (tern) or keep them full precision (fp)")
     model.add_argument("--pretrained", default=None, metavar="PATH",
@@ -94,6 +98,16 @@ def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in recipe.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.auto_thresholds = args.tfactors == ["auto"]
+    if args.auto_thresholds:
+        args.tfactors = None
+    elif args.tfactors is not None:
+        try:
+            args.tfactors = [float(t) for t in args.tfactors]
+        except ValueError:
+            raise UserError(f"--tfactors takes numbers or 'auto', got {' '.join(args.tfactors)}") from None
+    if args.threshold_every < 0:
+        raise UserError("--threshold_every must be 0 (every epoch) or a positive number of steps")
     if len(args.schedule) != len(args.gammas):
         raise UserError(f"--schedule has {len(args.schedule)} epochs but --gammas has {len(args.gammas)} factors")
     if args.save_path is None:
@@ -126,6 +140,10 @@ def build_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
         raise UserError(str(exc)) from exc
     if args.pretrained:
         load_weights(model, extract_state_dict(load_checkpoint(args.pretrained)), source=args.pretrained)
+    if args.auto_thresholds:
+        if not any(True for _ in models.ternary_layers(model)):
+            raise UserError(f"--tfactors auto needs a ternarized arch; {args.arch} has no ternary layers")
+        models.optimize_model_thresholds(model)
     return model.to(device)
 
 
@@ -189,6 +207,8 @@ def check_finite(loss: float, epoch: int) -> None:
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
                     epoch: int, args: argparse.Namespace, logger) -> dict[str, float]:
     model.train()
+    if args.auto_thresholds and not args.threshold_every:
+        models.optimize_model_thresholds(unwrap(model))
     metrics = Metrics(device)
     progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None, dynamic_ncols=True)
     for step, (images, target) in enumerate(progress, 1):
@@ -199,6 +219,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         loss.backward()
         optimizer.step()
         metrics.update(loss.detach(), logits.detach(), target)
+        if args.auto_thresholds and args.threshold_every and step % args.threshold_every == 0:
+            models.optimize_model_thresholds(unwrap(model))
         if step % args.print_freq == 0:
             summary = metrics.summary()
             check_finite(summary["loss"], epoch)
@@ -244,6 +266,11 @@ def resume(args: argparse.Namespace, model: nn.Module, optimizer, scheduler, log
     """Load --resume. Returns (start epoch, best top-1, history)."""
     checkpoint = load_checkpoint(args.resume)
     load_weights(unwrap(model), extract_state_dict(checkpoint), source=args.resume)
+    if checkpoint.get("tfactors"):
+        try:
+            models.set_layer_tfactors(unwrap(model), checkpoint["tfactors"])
+        except ValueError as exc:
+            raise UserError(f"{args.resume}: {exc}") from exc
     full = all(k in checkpoint for k in ("epoch", "optimizer", "scheduler", "history"))
     if args.evaluate or args.fine_tune or not full:
         reason = "weights only" if full else "weights only: the file holds no training state"
@@ -261,7 +288,8 @@ def run_summary(args: argparse.Namespace, model: nn.Module, report: dict, extra:
     """results.json: the model's statistics come from the compression report, which sees
     live ternary layers and ones loaded from a packed file alike."""
     return {"arch": args.arch, "dataset": args.dataset, "params": sum(p.numel() for p in model.parameters()),
-            "ternary_layers": report["ternary_layers"], "sparsity": report["ternary_sparsity"], **extra,
+            "ternary_layers": report["ternary_layers"], "sparsity": report["ternary_sparsity"],
+            "threshold_factors": getattr(model, "packed_tfactors", None) or models.layer_tfactors(model), **extra,
             "args": vars(args)}
 
 
@@ -322,7 +350,7 @@ def run(args: argparse.Namespace) -> None:
         logger.info(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {train['loss']:.4f} "
                     f"top1 {train['top1']:6.2f} | val loss {val['loss']:.4f} top1 {val['top1']:6.2f} "
                     f"top5 {val['top5']:6.2f} | best {best_acc:6.2f} | {record['time_s']:.1f}s")
-        state = {"state_dict": unwrap(model).state_dict()}
+        state = {"state_dict": unwrap(model).state_dict(), "tfactors": models.layer_tfactors(unwrap(model))}
         if not args.model_only:
             state.update(epoch=epoch + 1, arch=args.arch, optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), best_acc=best_acc, history=history, args=vars(args),

@@ -1,17 +1,58 @@
 #!/usr/bin/env bash
-# The paper's CIFAR-10 recipe (from scratch): 200 epochs, batch 128, SGD with Nesterov
-# momentum 0.9, lr 0.1 (x0.1 at 80, x0.1 at 120, x0.5 at 160), weight decay 3e-4, seed 5000.
-#   bash train_CIFAR10.sh                              # tern_resnet20
-#   ARCH=tern_resnet56 DATA_PATH=/data/cifar bash train_CIFAR10.sh --epochs 10
-#   ARCH=tern_resnet20 bash train_CIFAR10.sh --evaluate --resume save/cifar10_tern_resnet20/model_best.pth.tar
-# Extra arguments are passed to main.py.
-set -euo pipefail
+# The paper's CIFAR-10 table: ResNet-20/32/44/56, full precision and ternarized, trained
+# from scratch with the paper's recipe (200 epochs, batch 128, SGD-Nesterov momentum 0.9,
+# lr 0.1 x0.1 at 80, x0.1 at 120, x0.5 at 160, weight decay 3e-4), one run per
+# arch x variant x seed, each in SAVE_ROOT/DATASET/VARIANT_ARCH_seedSEED.
+#
+#   bash train_CIFAR10.sh                                 # the whole table, seed 5000
+#   ARCHS="resnet20 resnet32" SEEDS=3 bash train_CIFAR10.sh
+#   VARIANTS="tern rel2 tern_auto" bash train_CIFAR10.sh --epochs 10   # extra args go to main.py
+#   DRY_RUN=1 bash train_CIFAR10.sh                       # print the commands only
+#   python -m utils.report save/cifar10                   # the table next to the paper's numbers
+#
+# Environment: ARCHS (resnet20 resnet32 resnet44 resnet56), VARIANTS (fp tern; also rel2,
+# rel4, tern_auto, rel2_auto, tern_fflf), SEEDS (number of seeds, 1), FIRST_SEED (5000),
+# DATASET (cifar10; cifar100, fashion_mnist, mnist, digits work too), DATA_PATH
+# (./data/DATASET), SAVE_ROOT (./save), PYTHON (python), DRY_RUN, FORCE (see utils/run_matrix.sh).
+set -uo pipefail
 cd "$(dirname "$0")"
+source utils/run_matrix.sh
 PYTHON=${PYTHON:-python}
-ARCH=${ARCH:-tern_resnet20}
-DATA_PATH=${DATA_PATH:-./data/cifar10}
-SAVE_PATH=${SAVE_PATH:-./save/cifar10_${ARCH}}
+ARCHS=${ARCHS:-resnet20 resnet32 resnet44 resnet56}
+VARIANTS=${VARIANTS:-fp tern}
+SEEDS=${SEEDS:-1}
+FIRST_SEED=${FIRST_SEED:-5000}
+DATASET=${DATASET:-cifar10}
+DATA_PATH=${DATA_PATH:-./data/$DATASET}
+SAVE_ROOT=${SAVE_ROOT:-./save}
 
-exec "$PYTHON" main.py --dataset cifar10 --data_path "$DATA_PATH" --arch "$ARCH" --save_path "$SAVE_PATH" \
-    --epochs 200 --optimizer SGD --learning_rate 0.1 --momentum 0.9 --decay 3e-4 --batch_size 128 \
-    --schedule 80 120 160 --gammas 0.1 0.1 0.5 --manualSeed 5000 --print_freq 100 "$@"
+variant_args() {  # variant_args VARIANT ARCH: main.py's model flags
+    case $1 in
+        fp) echo "--arch $2" ;;
+        tern) echo "--arch tern_$2" ;;
+        tern_fflf) echo "--arch tern_$2 --first_last fp" ;;
+        rel2) echo "--arch tern_$2 --tex 2" ;;
+        rel4) echo "--arch tern_$2 --tex 4" ;;
+        tern_auto) echo "--arch tern_$2 --tfactors auto" ;;
+        rel2_auto) echo "--arch tern_$2 --tex 2 --tfactors auto" ;;
+        *) echo "unknown variant '$1' (fp tern tern_fflf rel2 rel4 tern_auto rel2_auto)" >&2; return 1 ;;
+    esac
+}
+
+for arch in $ARCHS; do
+    case $arch in
+        resnet20|resnet32|resnet44|resnet56) ;;
+        *) echo "unknown arch '$arch' (resnet20 resnet32 resnet44 resnet56)" >&2; exit 2 ;;
+    esac
+    for variant in $VARIANTS; do
+        model_args=$(variant_args "$variant" "$arch") || exit 2
+        for seed in $(seed_list "$SEEDS" "$FIRST_SEED"); do
+            # shellcheck disable=SC2086  # model_args is a list of flags
+            run_one "$SAVE_ROOT/$DATASET/${variant}_${arch}_seed$seed" \
+                --dataset "$DATASET" --data_path "$DATA_PATH" $model_args \
+                --epochs 200 --optimizer SGD --learning_rate 0.1 --momentum 0.9 --decay 3e-4 --batch_size 128 \
+                --schedule 80 120 160 --gammas 0.1 0.1 0.5 --manualSeed "$seed" --print_freq 100 "$@"
+        done
+    done
+done
+finish_matrix

@@ -138,7 +138,8 @@ def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[by
             base = 2 * layer.tex + 1
             group, group_bits = packing_layout(base, encoding)
             blob = pack_digits(digits, base, group, group_bits)
-            entry.update(kind="ternary", alphas=alphas, base=base, group=group, group_bits=group_bits)
+            entry.update(kind="ternary", alphas=alphas, tfactors=list(layer.tfactors), base=base, group=group,
+                         group_bits=group_bits)
         elif tensor.is_floating_point():
             blob = tensor.detach().cpu().float().numpy().astype("<f4").tobytes()
             entry["kind"] = "fp32"
@@ -226,5 +227,7 @@ def load_packed(path: str) -> nn.Module:
     model.build_config = config
     model.packed_tex = {entry["name"].rpartition(".")[0]: (entry["base"] - 1) // 2
                         for entry in header["tensors"] if entry["kind"] == "ternary"}
+    model.packed_tfactors = {entry["name"].rpartition(".")[0]: entry.get("tfactors")
+                             for entry in header["tensors"] if entry["kind"] == "ternary"}
     return model.eval()
 

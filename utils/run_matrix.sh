@@ -1,0 +1,40 @@
+# Shared by train_CIFAR10.sh and train_ImageNet.sh (sourced, not run): one training run
+# per call, with a dry-run mode, skipping of finished runs and resuming of partial ones.
+#   DRY_RUN=1    print the commands instead of running them
+#   FORCE=1      rerun finished runs (a finished run has results.json in its folder)
+# A failed run is reported and the matrix goes on; finish_matrix exits non-zero if any failed.
+
+FAILED_RUNS=()
+
+# run_one SAVE_DIR MAIN_PY_ARGS...
+run_one() {
+    local save_dir=$1
+    shift
+    local command=("$PYTHON" main.py --save_path "$save_dir" "$@")
+    if [ "${FORCE:-0}" != 1 ] && [ -f "$save_dir/results.json" ]; then
+        echo "== skip (finished): $save_dir"
+        return 0
+    fi
+    if [ "${FORCE:-0}" != 1 ] && [ -f "$save_dir/checkpoint.pth.tar" ]; then
+        command+=(--resume "$save_dir/checkpoint.pth.tar")
+    fi
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        printf '%q ' "${command[@]}"
+        echo
+        return 0
+    fi
+    echo "== run: ${command[*]}"
+    "${command[@]}" || FAILED_RUNS+=("$save_dir")
+}
+
+finish_matrix() {
+    if [ ${#FAILED_RUNS[@]} -gt 0 ]; then
+        echo "== ${#FAILED_RUNS[@]} run(s) failed: ${FAILED_RUNS[*]}" >&2
+        exit 1
+    fi
+}
+
+# seed_list COUNT FIRST: COUNT seeds starting at FIRST
+seed_list() {
+    seq "$2" $(($2 + $1 - 1))
+}
