@@ -158,9 +158,13 @@ def load_packed_model(args: argparse.Namespace, device: torch.device) -> nn.Modu
     return model.to(device)
 
 
-def report_compression(args: argparse.Namespace, model: nn.Module, packed_bytes: int | None, logger) -> dict:
+def model_report(args: argparse.Namespace, model: nn.Module, packed_bytes: int | None = None) -> dict:
     info = dataset_info(args.dataset)
-    report = compression_report(model, (info.in_channels, info.image_size, info.image_size), packed_bytes)
+    return compression_report(model, (info.in_channels, info.image_size, info.image_size), packed_bytes)
+
+
+def report_compression(args: argparse.Namespace, model: nn.Module, packed_bytes: int | None, logger) -> dict:
+    report = model_report(args, model, packed_bytes)
     logger.info(format_report(report))
     write_json(report, os.path.join(args.save_path, "compression.json"))
     return report
@@ -289,8 +293,22 @@ def run_summary(args: argparse.Namespace, model: nn.Module, report: dict, extra:
     live ternary layers and ones loaded from a packed file alike."""
     return {"arch": args.arch, "dataset": args.dataset, "params": sum(p.numel() for p in model.parameters()),
             "ternary_layers": report["ternary_layers"], "sparsity": report["ternary_sparsity"],
+            "weight_compression": report["weight_compression"],
             "threshold_factors": getattr(model, "packed_tfactors", None) or models.layer_tfactors(model), **extra,
             "args": vars(args)}
+
+
+def training_summary(args: argparse.Namespace, model: nn.Module, report: dict, history: list[dict], started: float,
+                     status: str) -> dict:
+    """results.json of a training run, rewritten every epoch: status "running" until the
+    last epoch is done, then "complete" (a crashed run stays "running")."""
+    best = max(history, key=lambda r: r["val_top1"]) if history else {}
+    final = history[-1] if history else {}
+    return run_summary(args, model, report, {
+        "mode": "train", "status": status, "epochs": args.epochs, "epochs_done": len(history),
+        "best_top1": best.get("val_top1"), "best_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
+        "final_top1": final.get("val_top1"), "final_top5": final.get("val_top5"),
+        "wall_time_s": time.time() - started, "history": history})
 
 
 def run(args: argparse.Namespace) -> None:
@@ -360,17 +378,15 @@ def run(args: argparse.Namespace) -> None:
             save_checkpoint(state, os.path.join(args.save_path, "model_best.pth.tar"))
         tensorboard.epoch(epoch, record, unwrap(model))
         plot_curves(history, os.path.join(args.save_path, "curve.png"), title=f"{args.arch} on {args.dataset}")
+        if epoch + 1 < args.epochs:
+            write_json(training_summary(args, unwrap(model), model_report(args, unwrap(model)), history, started,
+                                        "running"), os.path.join(args.save_path, "results.json"))
     tensorboard.close()
 
-    best = max(history, key=lambda r: r["val_top1"]) if history else {}
-    final = history[-1] if history else {}
     report = report_compression(args, unwrap(model), None, logger)
-    summary = run_summary(args, unwrap(model), report, {
-        "mode": "train", "epochs": args.epochs,
-        "best_top1": best.get("val_top1"), "best_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
-        "final_top1": final.get("val_top1"), "final_top5": final.get("val_top5"),
-        "wall_time_s": time.time() - started, "history": history})
+    summary = training_summary(args, unwrap(model), report, history, started, "complete")
     write_json(summary, os.path.join(args.save_path, "results.json"))
+    final = history[-1] if history else {}
     logger.info(f"done: best top1 {best_acc:.2f}, final top1 {final.get('val_top1', float('nan')):.2f}, "
                 f"sparsity {100 * summary['sparsity']:.2f}%, {summary['wall_time_s']:.0f}s")
 

@@ -91,6 +91,7 @@ def compression_report(model: nn.Module, input_shape: tuple[int, ...], packed_by
         "ternary_sparsity": sum(layer["zeros"] for layer in ternary) / ternary_params if ternary_params else 0.0,
         "sparsity": totals["zeros"] / totals["params"] if totals["params"] else 0.0,
         "fp32_state_dict_bytes": fp32_bytes,
+        "weight_compression": 4 * totals["params"] / max(totals["bytes"], 1),
         "mac_reduction": totals["macs"] / max(totals["nonzero_macs"], 1),
         "multiplication_reduction": totals["macs"] / max(totals["multiplications"], 1),
     }

@@ -11,7 +11,7 @@ run_one() {
     local save_dir=$1
     shift
     local command=("$PYTHON" main.py --save_path "$save_dir" "$@")
-    if [ "${FORCE:-0}" != 1 ] && [ -f "$save_dir/results.json" ]; then
+    if [ "${FORCE:-0}" != 1 ] && grep -qs '"status": "complete"' "$save_dir/results.json"; then
         echo "== skip (finished): $save_dir"
         return 0
     fi

@@ -1,0 +1,214 @@
+"""Results of training runs next to the paper's numbers.
+
+    python -m utils.report save/                      # every run under save/, table to save/report.md
+    python -m utils.report save/cifar10 --output cifar10.md --curves cifar10.png
+
+Scans the folders for results.json (written by main.py every epoch), groups runs that
+differ only in their seed, and prints a markdown table: top-1 (mean ± std over seeds),
+the number the paper reports for the same configuration, the difference, epochs,
+weight compression and sparsity. Unfinished runs and folders with a checkpoint but no
+results are listed as partial; paper rows of a data set with no run are listed as not
+run. Also plots the validation curves of every run into one PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Top-1 reported by the authors (WACV 2019), keyed by (dataset, arch) as the reference names them.
+PAPER_TOP1 = {
+    ("cifar10", "resnet20"): 91.70, ("cifar10", "tern_resnet20"): 91.65,
+    ("cifar10", "resnet32"): 92.36, ("cifar10", "tern_resnet32"): 92.48,
+    ("cifar10", "resnet44"): 92.47, ("cifar10", "tern_resnet44"): 92.71,
+    ("cifar10", "resnet56"): 92.68, ("cifar10", "tern_resnet56"): 92.86,
+    ("imagenet", "alexnet_vanilla"): 61.78, ("imagenet", "tern_alexnet_ff_lf"): 58.59,
+    ("imagenet", "tern_alexnet_fq_lq"): 57.21,
+    ("imagenet", "resnet18"): 69.75, ("imagenet", "resnet18b_ff_lf_tex1"): 66.01,
+    ("imagenet", "resnet34"): 73.31, ("imagenet", "resnet34b_ff_lf_tex1"): 70.95,
+    ("imagenet", "resnet50"): 76.13, ("imagenet", "resnet50b_ff_lf_tex1"): 74.00,
+    ("imagenet", "resnet18b_fq_lq_tern_tex_2"): 68.35, ("imagenet", "resnet18b_fq_lq_tern_tex_4"): 69.44,
+}
+
+
+@dataclass
+class Run:
+    path: str
+    dataset: str
+    config: str  # arch plus the overrides that change the model: t_ex, thresholds, first/last
+    seed: int | None
+    status: str  # complete, partial
+    epochs: int | None
+    epochs_done: int
+    best_top1: float | None
+    weight_compression: float | None
+    sparsity: float | None
+    wall_time_s: float | None
+    history: list = field(default_factory=list)
+
+
+def config_label(results: dict) -> str:
+    """'tern_resnet20', 'tern_resnet20 t_ex=2 auto', ...: runs with equal labels differ only in the seed."""
+    args = results.get("args", {})
+    parts = [results.get("arch") or args.get("arch", "?")]
+    if args.get("tex"):
+        parts.append(f"t_ex={args['tex']}")
+    if args.get("auto_thresholds"):
+        parts.append("auto thresholds")
+    elif args.get("tfactors"):
+        parts.append("t=" + ",".join(f"{t:g}" for t in args["tfactors"]))
+    if args.get("first_last"):
+        parts.append(f"first/last {args['first_last']}")
+    if args.get("subset"):
+        parts.append(f"subset {args['subset']}")
+    return " ".join(parts)
+
+
+def read_run(folder: str) -> Run | None:
+    """The run in `folder`, or None when it holds neither results.json nor a checkpoint."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(folder, "checkpoint.pth.tar")):
+            return Run(folder, "?", os.path.basename(folder), None, "partial", None, 0, None, None, None, None)
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    if results.get("mode") != "train":
+        return None
+    history = results.get("history", [])
+    epochs = results.get("epochs")
+    status = results.get("status") or ("complete" if len(history) >= (epochs or 0) else "running")
+    return Run(folder, results.get("dataset", "?"), config_label(results), results.get("args", {}).get("manualSeed"),
+               "complete" if status == "complete" else "partial", epochs, len(history), results.get("best_top1"),
+               results.get("weight_compression"), results.get("sparsity"), results.get("wall_time_s"), history)
+
+
+def find_runs(roots: list[str]) -> list[Run]:
+    runs = []
+    for root in roots:
+        for folder, _, files in sorted(os.walk(root)):
+            if "results.json" in files or "checkpoint.pth.tar" in files:
+                run = read_run(folder)
+                if run is not None:
+                    runs.append(run)
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _paper_key(run: Run) -> tuple[str, str] | None:
+    key = (run.dataset, run.config)
+    return key if key in PAPER_TOP1 else None
+
+
+def report_rows(runs: list[Run]) -> list[dict]:
+    """One row per (dataset, config): complete seeds aggregated, partial runs counted,
+    paper configurations of the data sets present that have no run at all."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.config), []).append(run)
+    rows = []
+    for (dataset, config), group in sorted(groups.items()):
+        complete = [r for r in group if r.status == "complete"]
+        partial = [r for r in group if r.status != "complete"]
+        top1 = [r.best_top1 for r in complete if r.best_top1 is not None]
+        paper = PAPER_TOP1.get((dataset, config))
+        progress = ", ".join(f"{r.epochs_done}/{r.epochs or '?'}" for r in partial)
+        status = f"{len(complete)} complete" + (f", {len(partial)} partial ({progress} epochs)" if partial else "")
+        reference = complete or partial
+        rows.append({
+            "dataset": dataset, "config": config, "seeds": sorted(r.seed for r in complete if r.seed is not None),
+            "top1": _mean_std(top1), "top1_mean": statistics.mean(top1) if top1 else None,
+            "paper": paper, "diff": statistics.mean(top1) - paper if top1 and paper is not None else None,
+            "epochs": reference[0].epochs, "status": status,
+            "compression": reference[0].weight_compression, "sparsity": reference[0].sparsity,
+            "wall_time_s": statistics.mean([r.wall_time_s for r in complete]) if complete else None,
+        })
+    datasets = {dataset for dataset, _ in groups}
+    for (dataset, config), paper in PAPER_TOP1.items():
+        if dataset in datasets and (dataset, config) not in groups:
+            rows.append({"dataset": dataset, "config": config, "seeds": [], "top1": "—", "top1_mean": None,
+                         "paper": paper, "diff": None, "epochs": None, "status": "not run", "compression": None,
+                         "sparsity": None, "wall_time_s": None})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    def number(value, fmt):
+        return "—" if value is None else format(value, fmt)
+
+    lines = ["| data set | model | top-1 % (mean ± std) | paper top-1 % | difference | seeds | epochs | "
+             "weight compression | zeros | wall time / run | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        sparsity = None if row["sparsity"] is None else 100 * row["sparsity"]
+        lines.append(
+            f"| {row['dataset']} | {row['config']} | {row['top1']} | {number(row['paper'], '.2f')} | "
+            f"{number(row['diff'], '+.2f')} | {len(row['seeds']) or '—'} | {row['epochs'] or '—'} | "
+            f"{number(row['compression'], '.1f')}{'×' if row['compression'] else ''} | "
+            f"{number(sparsity, '.1f')}{'%' if sparsity is not None else ''} | "
+            f"{number(row['wall_time_s'], '.0f')}{' s' if row['wall_time_s'] is not None else ''} | {row['status']} |")
+    return "\n".join(lines)
+
+
+def plot_runs(runs: list[Run], path: str) -> None:
+    """Validation top-1 and training loss per epoch of every run with a history, in one PNG."""
+    fig, (top1_axis, loss_axis) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for run in runs:
+        if not run.history:
+            continue
+        epochs = [record["epoch"] for record in run.history]
+        label = f"{run.dataset} {run.config} seed {run.seed}" + ("" if run.status == "complete" else " (partial)")
+        top1_axis.plot(epochs, [record["val_top1"] for record in run.history], label=label)
+        loss_axis.plot(epochs, [record["train_loss"] for record in run.history], label=label)
+    top1_axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title="validation accuracy")
+    loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    for axis in (top1_axis, loss_axis):
+        axis.grid(alpha=0.3)
+    handles, labels = top1_axis.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+        fig.subplots_adjust(bottom=0.12 + 0.035 * ((len(labels) + 1) // 2), wspace=0.25)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", help="save folders to scan (recursively)")
+    parser.add_argument("--output", default=None, help="markdown file (default: ROOT/report.md of the first root)")
+    parser.add_argument("--curves", default=None, help="curves PNG (default: ROOT/curves.png of the first root)")
+    args = parser.parse_args(argv)
+    missing = [root for root in args.roots if not os.path.isdir(root)]
+    if missing:
+        parser.error(f"no such folder: {', '.join(missing)}")
+    runs = find_runs(args.roots)
+    if not runs:
+        print(f"no training runs (results.json or checkpoint.pth.tar) under {', '.join(args.roots)}")
+        return 1
+    table = format_rows(report_rows(runs))
+    print(table)
+    output = args.output or os.path.join(args.roots[0], "report.md")
+    curves = args.curves or os.path.join(args.roots[0], "curves.png")
+    with open(output, "w") as f:
+        f.write(table + "\n")
+    plot_runs(runs, curves)
+    print(f"\nwrote {output} and {curves} ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
