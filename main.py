@@ -22,12 +22,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from tqdm import tqdm
 
 import models
 from utils.checkpoint import extract_state_dict, load_checkpoint, load_weights, save_checkpoint
 from utils.compression import compression_report, format_report
 from utils.data import DATASETS, build_loaders, dataset_info
+from utils.distributed import DistributedContext, all_reduce_sum, init_distributed, shutdown
 from utils.errors import UserError
 from utils.export import ENCODINGS, export_packed, is_packed_file, load_packed
 from utils.logging import TensorBoardLog, make_logger, plot_curves, write_json
@@ -62,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--first_last", choices=["tern", "fp"], default=None,
                        help="ternarize the first conv and last linear layer (tern) or keep them full precision (fp)")
     model.add_argument("--pretrained", default=None, metavar="PATH",
-                       help="full-precision state_dict (e.g. torchvision's resnet18 file) to start from")
+                       help="full-precision state_dict (e.g. torchvision's resnet18 file) to start from, or "
+                            "'torchvision' to download torchvision's ImageNet weights of the arch (ResNets)")
     optim = parser.add_argument_group("optimisation (unset: the data set's recipe)")
     optim.add_argument("--epochs", type=int, default=None)
     optim.add_argument("--optimizer", choices=["SGD", "Adam"], default=None, help="SGD uses Nesterov momentum")
@@ -87,8 +90,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--manualSeed", type=int, default=5000, help="random seed (the reference's recipe uses 5000)")
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    hw.add_argument("--ngpu", type=int, default=1, help="GPUs for single-node DataParallel")
+    hw.add_argument("--ngpu", type=int, default=1,
+                    help="GPUs for single-node DataParallel (prefer torchrun, which runs DistributedDataParallel)")
     hw.add_argument("--gpu_id", default=None, help="CUDA_VISIBLE_DEVICES, e.g. '0' or '0,1'")
+    hw.add_argument("--amp", action="store_true", help="mixed precision: autocast to --amp_dtype (weights stay fp32)")
+    hw.add_argument("--amp_dtype", choices=["bfloat16", "float16"], default="bfloat16",
+                    help="autocast dtype; float16 also scales the loss (GradScaler)")
+    hw.add_argument("--channels_last", action="store_true", help="NHWC memory format for convolutions (GPUs)")
+    hw.add_argument("--compile", action="store_true", help="torch.compile the model")
+    hw.add_argument("--sync_bn", action="store_true", help="with torchrun: SyncBatchNorm across processes")
     args = parser.parse_args(argv)
     return apply_recipe(args)
 
@@ -130,6 +140,36 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def prepare_model(args: argparse.Namespace, model: nn.Module, device: torch.device,
+                  context: DistributedContext) -> nn.Module:
+    """Memory format, SyncBatchNorm, DistributedDataParallel (torchrun) or DataParallel
+    (--ngpu), then torch.compile, in that order."""
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if context.enabled:
+        if args.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif args.ngpu > 1 and device.type == "cuda":
+        model = nn.DataParallel(model, device_ids=list(range(args.ngpu)))
+    if args.compile:
+        model = torch.compile(model)
+    return model
+
+
+def torchvision_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's pretrained ImageNet weights of `arch`'s full-precision twin (downloaded
+    into torch's hub cache, or read from it)."""
+    name = models.ARCHS[arch].torchvision_weights if arch in models.ARCHS else None
+    if name is None:
+        raise UserError(f"torchvision has no pretrained weights for {arch}; give --pretrained a state_dict file")
+    try:
+        return torchvision.models.get_weight(name).get_state_dict(progress=False)
+    except Exception as exc:  # network errors come in many types
+        raise UserError(f"could not download {name} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        "download the file elsewhere and pass it as --pretrained PATH") from exc
+
+
 def build_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     info = dataset_info(args.dataset)
     first_last = None if args.first_last is None else args.first_last == "tern"
@@ -138,7 +178,9 @@ def build_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
                                  tex=args.tex, tfactors=args.tfactors, first_last=first_last)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    if args.pretrained:
+    if args.pretrained == "torchvision":
+        load_weights(model, torchvision_state_dict(args.arch), source=models.ARCHS[args.arch].torchvision_weights)
+    elif args.pretrained:
         load_weights(model, extract_state_dict(load_checkpoint(args.pretrained)), source=args.pretrained)
     if args.auto_thresholds:
         if not any(True for _ in models.ternary_layers(model)):
@@ -185,7 +227,8 @@ def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -
 
 
 class Metrics:
-    """Loss and top-1/top-5 sums kept on the device; read (one host sync) only on summary()."""
+    """Loss, top-1/top-5 and image-count sums kept on the device; read (one host sync and,
+    in a distributed run, one all-reduce over the processes) only on summary()."""
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(3, device=device)
@@ -198,8 +241,21 @@ class Metrics:
         self.count += batch
 
     def summary(self) -> dict[str, float]:
-        loss, top1, top5 = (self.sums / max(self.count, 1)).tolist()
+        count = torch.tensor([self.count], dtype=torch.float32, device=self.sums.device)
+        loss, top1, top5, count = all_reduce_sum(torch.cat([self.sums, count])).tolist()
+        loss, top1, top5 = (value / max(count, 1) for value in (loss, top1, top5))
         return {"loss": loss, "top1": 100 * top1, "top5": 100 * top5}
+
+
+def autocast(args: argparse.Namespace, device: torch.device):
+    return torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype), enabled=args.amp)
+
+
+def to_device(images: torch.Tensor, target: torch.Tensor, device: torch.device,
+              args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    return (images.to(device, non_blocking=True, memory_format=memory_format),
+            target.to(device, non_blocking=True))
 
 
 def check_finite(loss: float, epoch: int) -> None:
@@ -208,20 +264,26 @@ def check_finite(loss: float, epoch: int) -> None:
                         "(model_best.pth.tar is intact). Try a lower --learning_rate.")
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    epoch: int, args: argparse.Namespace, logger) -> dict[str, float]:
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    device: torch.device, epoch: int, args: argparse.Namespace, logger,
+                    show_progress: bool = True) -> dict[str, float]:
+    """One epoch. The step never waits for the device: metrics stay on it and are read
+    (and checked for NaN) every --print_freq steps and at the end."""
     model.train()
     if args.auto_thresholds and not args.threshold_every:
         models.optimize_model_thresholds(unwrap(model))
     metrics = Metrics(device)
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=None, dynamic_ncols=True)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                    disable=None if show_progress else True, dynamic_ncols=True)
     for step, (images, target) in enumerate(progress, 1):
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        logits = model(images)
-        loss = F.cross_entropy(logits, target)
+        images, target = to_device(images, target, device, args)
+        with autocast(args, device):
+            logits = model(images)
+            loss = F.cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         metrics.update(loss.detach(), logits.detach(), target)
         if args.auto_thresholds and args.threshold_every and step % args.threshold_every == 0:
             models.optimize_model_thresholds(unwrap(model))
@@ -237,18 +299,29 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, device: torch.device, args: argparse.Namespace,
+             show_progress: bool = True) -> dict[str, float]:
+    """Top-1/top-5 and loss on `loader` (summed over all processes in a distributed run)."""
     model.eval()
     metrics = Metrics(device)
-    for images, target in tqdm(loader, desc="eval", leave=False, disable=None, dynamic_ncols=True):
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        logits = model(images)
-        metrics.update(F.cross_entropy(logits, target), logits, target)
+    for images, target in tqdm(loader, desc="eval", leave=False, disable=None if show_progress else True,
+                               dynamic_ncols=True):
+        images, target = to_device(images, target, device, args)
+        with autocast(args, device):
+            logits = model(images)
+        metrics.update(F.cross_entropy(logits.float(), target), logits, target)
     return metrics.summary()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.DataParallel) else model
+    """The model itself, inside any torch.compile, DataParallel or DDP wrapper."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def rng_state() -> dict:
@@ -311,20 +384,62 @@ def training_summary(args: argparse.Namespace, model: nn.Module, report: dict, h
         "wall_time_s": time.time() - started, "history": history})
 
 
+def select_rank_device(args: argparse.Namespace) -> tuple[torch.device, DistributedContext]:
+    """The device and the distributed context: under torchrun, GPU LOCAL_RANK (or the CPU)."""
+    device = select_device(args)
+    context = init_distributed(device.type == "cuda")
+    if context.enabled and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+    if context.enabled and args.ngpu > 1:
+        raise UserError("--ngpu is DataParallel for single-process runs; under torchrun use --nproc_per_node")
+    return device, context
+
+
+def run_evaluation(args: argparse.Namespace, model: nn.Module, test_loader, device: torch.device,
+                   context: DistributedContext, packed: bool, logger, started: float) -> None:
+    result = evaluate(model, test_loader, device, args, context.is_main)
+    if not context.is_main:
+        return
+    report = report_compression(args, unwrap(model), os.path.getsize(args.resume) if packed else None, logger)
+    logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
+                f"sparsity {100 * report['ternary_sparsity']:.2f}%")
+    write_json(run_summary(args, unwrap(model), report, {
+        "mode": "evaluate", "status": "complete", "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
+        "world_size": context.world_size, "wall_time_s": time.time() - started}),
+        os.path.join(args.save_path, "results.json"))
+
+
+def save_epoch(args: argparse.Namespace, model: nn.Module, optimizer, scheduler, history: list[dict],
+               best_acc: float, is_best: bool, started: float) -> None:
+    """Checkpoint, best model, curve and results.json after an epoch (main process only)."""
+    epoch = history[-1]["epoch"]
+    state = {"state_dict": model.state_dict(), "tfactors": models.layer_tfactors(model)}
+    if not args.model_only:
+        state.update(epoch=epoch, arch=args.arch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     best_acc=best_acc, history=history, args=vars(args), rng=rng_state())
+    save_checkpoint(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
+    if is_best:
+        save_checkpoint(state, os.path.join(args.save_path, "model_best.pth.tar"))
+    plot_curves(history, os.path.join(args.save_path, "curve.png"), title=f"{args.arch} on {args.dataset}")
+    if epoch < args.epochs:
+        write_json(training_summary(args, model, model_report(args, model), history, started, "running"),
+                   os.path.join(args.save_path, "results.json"))
+
+
 def run(args: argparse.Namespace) -> None:
     started = time.time()
-    device = select_device(args)
-    os.makedirs(args.save_path, exist_ok=True)
-    logger = make_logger(args.save_path)
+    device, context = select_rank_device(args)
+    if context.is_main:
+        os.makedirs(args.save_path, exist_ok=True)
+    logger = make_logger(args.save_path if context.is_main else None, quiet=not context.is_main)
     seed_everything(args.manualSeed)
-    logger.info(f"{args.arch} on {args.dataset}, device {device}, saving to {args.save_path}")
+    logger.info(f"{args.arch} on {args.dataset}, device {device}"
+                + (f", {context.world_size} processes" if context.enabled else "") + f", saving to {args.save_path}")
 
     packed = bool(args.resume) and os.path.isfile(args.resume) and is_packed_file(args.resume)
     if packed and not args.evaluate:
         raise UserError(f"{args.resume} is a packed inference file: use it with --evaluate")
     model = load_packed_model(args, device) if packed else build_model(args, device)
-    if args.ngpu > 1 and device.type == "cuda":
-        model = nn.DataParallel(model, device_ids=list(range(args.ngpu)))
     optimizer = make_optimizer(args, model)
     scheduler = make_scheduler(args, optimizer)
     start_epoch, best_acc, history = args.start_epoch, 0.0, []
@@ -332,33 +447,31 @@ def run(args: argparse.Namespace) -> None:
         start_epoch, best_acc, history = resume(args, model, optimizer, scheduler, logger)
 
     if args.export:
-        size = export_packed(unwrap(model), args.export, args.export_encoding)
-        logger.info(f"=> wrote {args.export} ({size:,} bytes, {args.export_encoding} encoding)")
-        report_compression(args, unwrap(model), size, logger)
+        if context.is_main:
+            size = export_packed(model, args.export, args.export_encoding)
+            logger.info(f"=> wrote {args.export} ({size:,} bytes, {args.export_encoding} encoding)")
+            report_compression(args, model, size, logger)
         return
+    model = prepare_model(args, model, device, context)
 
     train_loader, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, device,
                                               seed=args.manualSeed, workers=args.workers, subset=args.subset,
-                                              include_train=not args.evaluate)
+                                              include_train=not args.evaluate, rank=context.rank,
+                                              world_size=context.world_size)
     logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters; {test_loader.dataset_size} test images"
                 + (f", {train_loader.dataset_size} train images" if train_loader else ""))
     if args.evaluate:
-        result = evaluate(model, test_loader, device)
-        report = report_compression(args, unwrap(model), os.path.getsize(args.resume) if packed else None, logger)
-        logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-                    f"sparsity {100 * report['ternary_sparsity']:.2f}%")
-        write_json(run_summary(args, unwrap(model), report, {
-            "mode": "evaluate", "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
-            "wall_time_s": time.time() - started}), os.path.join(args.save_path, "results.json"))
+        run_evaluation(args, model, test_loader, device, context, packed, logger, started)
         return
 
-    tensorboard = TensorBoardLog(args.save_path)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "float16")
+    tensorboard = TensorBoardLog(args.save_path) if context.is_main else None
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, train_loader, optimizer, device, epoch, args, logger)
-        val = evaluate(model, test_loader, device)
+        train = train_one_epoch(model, train_loader, optimizer, scaler, device, epoch, args, logger, context.is_main)
+        val = evaluate(model, test_loader, device, args, context.is_main)
         scheduler.step()
         is_best = val["top1"] > best_acc
         best_acc = max(best_acc, val["top1"])
@@ -368,23 +481,15 @@ def run(args: argparse.Namespace) -> None:
         logger.info(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {train['loss']:.4f} "
                     f"top1 {train['top1']:6.2f} | val loss {val['loss']:.4f} top1 {val['top1']:6.2f} "
                     f"top5 {val['top5']:6.2f} | best {best_acc:6.2f} | {record['time_s']:.1f}s")
-        state = {"state_dict": unwrap(model).state_dict(), "tfactors": models.layer_tfactors(unwrap(model))}
-        if not args.model_only:
-            state.update(epoch=epoch + 1, arch=args.arch, optimizer=optimizer.state_dict(),
-                         scheduler=scheduler.state_dict(), best_acc=best_acc, history=history, args=vars(args),
-                         rng=rng_state())
-        save_checkpoint(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
-        if is_best:
-            save_checkpoint(state, os.path.join(args.save_path, "model_best.pth.tar"))
-        tensorboard.epoch(epoch, record, unwrap(model))
-        plot_curves(history, os.path.join(args.save_path, "curve.png"), title=f"{args.arch} on {args.dataset}")
-        if epoch + 1 < args.epochs:
-            write_json(training_summary(args, unwrap(model), model_report(args, unwrap(model)), history, started,
-                                        "running"), os.path.join(args.save_path, "results.json"))
+        if context.is_main:
+            save_epoch(args, unwrap(model), optimizer, scheduler, history, best_acc, is_best, started)
+            tensorboard.epoch(epoch, record, unwrap(model))
+    if not context.is_main:
+        return
     tensorboard.close()
-
     report = report_compression(args, unwrap(model), None, logger)
     summary = training_summary(args, unwrap(model), report, history, started, "complete")
+    summary["world_size"] = context.world_size
     write_json(summary, os.path.join(args.save_path, "results.json"))
     final = history[-1] if history else {}
     logger.info(f"done: best top1 {best_acc:.2f}, final top1 {final.get('val_top1', float('nan')):.2f}, "
@@ -397,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
     return 0
 
 

@@ -28,6 +28,7 @@ class ArchSpec:
     tfactors: tuple[float, ...] | None  # None: full precision
     first_last: bool  # ternarize the first conv and the last linear layer too
     description: str
+    torchvision_weights: str | None = None  # torchvision's pretrained weights of the full-precision twin
 
 
 def _register() -> dict[str, ArchSpec]:
@@ -44,15 +45,18 @@ def _register() -> dict[str, ArchSpec]:
                                            "AlexNet-BN, whole network ternarized")
     for depth in (18, 34, 50, 101):
         build = partial(imagenet_resnet, depth)
-        archs[f"resnet{depth}"] = ArchSpec(build, "imagenet", None, True, f"ResNet-{depth} (torchvision), full precision")
+        weights = f"ResNet{depth}_Weights.IMAGENET1K_V1"
+        archs[f"resnet{depth}"] = ArchSpec(build, "imagenet", None, True, f"ResNet-{depth} (torchvision), full precision",
+                                           weights)
         archs[f"resnet{depth}b_ff_lf_tex1"] = ArchSpec(build, "imagenet", paper_tfactors(1), False,
-                                                      f"ResNet-{depth} ternarized, first/last layer full precision")
+                                                      f"ResNet-{depth} ternarized, first/last layer full precision",
+                                                      weights)
         archs[f"resnet{depth}b_fq_lq_tex1"] = ArchSpec(build, "imagenet", paper_tfactors(1), True,
-                                                      f"ResNet-{depth}, whole network ternarized")
+                                                      f"ResNet-{depth}, whole network ternarized", weights)
     for tex in (2, 4):
         archs[f"resnet18b_fq_lq_tern_tex_{tex}"] = ArchSpec(
             partial(imagenet_resnet, 18), "imagenet", paper_tfactors(tex), True,
-            f"ResNet-18, whole network ternarized, REL t_ex={tex}")
+            f"ResNet-18, whole network ternarized, REL t_ex={tex}", "ResNet18_Weights.IMAGENET1K_V1")
     return archs
 
 

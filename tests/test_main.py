@@ -172,3 +172,17 @@ def test_nan_loss_stops_and_keeps_best_checkpoint(default_run, tmp_path, capsys)
                       "--save_path", str(save)]) == 2
     assert "loss became nan" in capsys.readouterr().err.lower()
     assert best.read_bytes() == before and not (save / "checkpoint.pth.tar").exists()
+
+
+def test_pretrained_torchvision_offline_and_unsupported_are_one_line(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    def offline(name):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(main.torchvision.models, "get_weight", offline)
+    export = ["--dataset", "imagenet", "--export", str(tmp_path / "m.tern"), "--save_path", str(tmp_path)]
+    assert main.main(["--arch", "resnet18b_ff_lf_tex1", "--pretrained", "torchvision", *export]) == 2
+    assert "could not download ResNet18_Weights.IMAGENET1K_V1" in capsys.readouterr().err
+    assert main.main(["--arch", "tern_alexnet_ff_lf", "--pretrained", "torchvision", *export]) == 2
+    assert "torchvision has no pretrained weights for tern_alexnet_ff_lf" in capsys.readouterr().err

@@ -1,25 +1,36 @@
-"""Speed benchmark: full precision vs ternarized vs REL, measured in one run.
+"""Speed and memory benchmark: full precision vs ternarized vs REL, measured in one run.
 
-    python -m utils.benchmark                      # ResNet-20, batch 128, 32×32, CPU
-    python -m utils.benchmark --arch resnet18 --batch_size 16 --image_size 224
+    python -m utils.benchmark                                   # ResNet-20 (32×32, batch 128) and ResNet-18 (224×224, batch 16)
+    python -m utils.benchmark --models resnet20:128:32 --repeats 30
+    python -m utils.benchmark --device cuda                     # on a GPU
 
-Prints the median time of a training step (forward, backward, SGD step) and of an
-eval forward (after training, on unchanged weights, as in real evaluation), and their
-ratios to full precision. The variants are interleaved round-robin so that drift in
-machine load hits all of them alike.
+For each model (ARCH:BATCH:IMAGE_SIZE) it prints the median time of a training step
+(forward, backward, SGD step) and of an eval forward (after training, on unchanged
+weights, as in real evaluation), images/s, ratios to full precision and the peak memory
+of a training step (CUDA: max allocated; CPU: peak resident set of a fresh process).
+Variants are interleaved round-robin so that drift in machine load hits all alike.
+It then times the training loop on the small-data pipeline (a CIFAR-10-sized uint8
+tensor on the device, cropped and flipped per batch) to give the share of the time spent
+waiting for data, and the cost of re-optimising the thresholds (--tfactors auto) against
+a training step.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn as nn
 
-from models import ARCHS, get_model
+from models import ARCHS, get_model, optimize_model_thresholds
+from utils.data import DATASETS, TensorLoader
 
 VARIANTS = {"full precision": None, "ternary": 1, "REL t_ex=2": 2, "REL t_ex=4": 4}
+CIFAR_TRAIN_STEPS_PER_EPOCH = 391  # 50,000 images, batch 128
 
 
 def _synchronize(device: torch.device) -> None:
@@ -46,18 +57,22 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _num_classes(arch: str) -> int:
+    return 10 if ARCHS[arch].family == "cifar" else 1000
+
+
+def _build(arch: str, tex: int | None, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = get_model(arch, num_classes=_num_classes(arch), tex=tex).to(device)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
 def benchmark(arch: str, batch_size: int, image_size: int, repeats: int, warmup: int,
               device: torch.device) -> dict[str, dict[str, float]]:
     """Median seconds per train step and per eval forward for each variant of `arch`."""
-    num_classes = 10 if ARCHS[arch].family == "cifar" else 1000
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
-    runs = {}
-    for name, tex in VARIANTS.items():
-        torch.manual_seed(0)
-        model = get_model(arch, num_classes=num_classes, tex=tex).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        runs[name] = (model, optimizer)
+    y = torch.randint(0, _num_classes(arch), (batch_size,), device=device)
+    runs = {name: _build(arch, tex, device) for name, tex in VARIANTS.items()}
     train = _round_robin(runs, lambda model, opt: _train_step(model.train(), opt, x, y), repeats, warmup, device)
     evaluation = _round_robin(runs, lambda model, opt: _eval_step(model.eval(), x), repeats, warmup, device)
     return {name: {"train": train[name], "eval": evaluation[name]} for name in runs}
@@ -74,35 +89,131 @@ def _round_robin(runs: dict, step, repeats: int, warmup: int, device: torch.devi
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def format_table(results: dict[str, dict[str, float]], batch_size: int) -> str:
+def peak_train_memory(arch: str, tex: int | None, batch_size: int, image_size: int, device: torch.device) -> float:
+    """Peak memory (MiB) of training steps: CUDA max allocated; on CPU, in a fresh
+    process, the peak resident set during two steps minus the resident set before them
+    (model, optimizer and inputs already built), i.e. what training adds."""
+    if device.type == "cuda":
+        model, optimizer = _build(arch, tex, device)
+        x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+        y = torch.randint(0, _num_classes(arch), (batch_size,), device=device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(2):
+            _train_step(model.train(), optimizer, x, y)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    probe = [sys.executable, "-m", "utils.benchmark", "--memory_probe", f"{arch}:{batch_size}:{image_size}:{tex or 0}"]
+    return float(subprocess.run(probe, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def _memory_probe(spec: str) -> None:
+    arch, batch_size, image_size, tex = spec.split(":")
+    batch_size, image_size, tex = int(batch_size), int(image_size), int(tex) or None
+    model, optimizer = _build(arch, tex, torch.device("cpu"))
+    x = torch.randn(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, _num_classes(arch), (batch_size,))
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    for _ in range(2):
+        _train_step(model.train(), optimizer, x, y)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)  # ru_maxrss is in KiB on Linux
+
+
+def data_wait_share(batch_size: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Train tern_resnet20 on a CIFAR-10-sized uint8 tensor through TensorLoader (random
+    crop + flip + normalise per batch on the device) and time how long each step waits
+    for its batch versus the whole step."""
+    info = DATASETS["cifar10"]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (50_000,), generator=generator)
+    loader = TensorLoader(images, labels, info, batch_size, train=True, device=device, seed=0)
+    model, optimizer = _build("tern_resnet20", None, device)
+    model.train()
+    waiting = total = 0.0
+    batches = iter(loader)
+    for step in range(steps + 2):
+        _synchronize(device)
+        start = time.perf_counter()
+        x, y = next(batches)
+        _synchronize(device)
+        fetched = time.perf_counter()
+        _train_step(model, optimizer, x, y)
+        _synchronize(device)
+        if step >= 2:  # warm-up steps are not counted
+            waiting += fetched - start
+            total += time.perf_counter() - start
+    return {"wait_s": waiting / steps, "step_s": total / steps, "share": waiting / total}
+
+
+def threshold_overhead(repeats: int, step_seconds: dict[int, float], device: torch.device) -> dict[int, dict]:
+    """Seconds to re-optimise every layer of tern_resnet20 (t_ex 1, 2), and that cost as a
+    share of a training epoch at the default cadence (once per epoch) and per step."""
+    result = {}
+    for tex in (1, 2):
+        model, _ = _build("tern_resnet20", tex, device)
+        optimize_model_thresholds(model)
+        seconds = statistics.median(_timed(lambda: optimize_model_thresholds(model), device) for _ in range(repeats))
+        step = step_seconds[tex]
+        result[tex] = {"seconds": seconds, "per_epoch": seconds / (CIFAR_TRAIN_STEPS_PER_EPOCH * step),
+                       "per_step": seconds / step}
+    return result
+
+
+def format_table(results: dict[str, dict[str, float]], batch_size: int, memory: dict[str, float]) -> str:
     base = results["full precision"]
-    lines = ["| variant | train step (ms) | train ratio | eval (ms) | eval ratio | train img/s | eval img/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | train step (ms) | train ratio | train img/s | eval (ms) | eval ratio | eval img/s | "
+             "train step memory (MiB) |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {1000 * r['train']:.1f} | {r['train'] / base['train']:.3f}× | "
-                     f"{1000 * r['eval']:.1f} | {r['eval'] / base['eval']:.3f}× | "
-                     f"{batch_size / r['train']:.0f} | {batch_size / r['eval']:.0f} |")
+                     f"{batch_size / r['train']:.0f} | {1000 * r['eval']:.1f} | {r['eval'] / base['eval']:.3f}× | "
+                     f"{batch_size / r['eval']:.0f} | {memory[name]:.0f} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_model(spec: str) -> tuple[str, int, int]:
+    arch, batch_size, image_size = spec.split(":")
+    if arch not in ARCHS:
+        raise argparse.ArgumentTypeError(f"unknown arch {arch}")
+    return arch, int(batch_size), int(image_size)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet20", help="full-precision arch to compare against its ternary twins")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--models", nargs="+", type=parse_model, default=[("resnet20", 128, 32), ("resnet18", 16, 224)],
+                        metavar="ARCH:BATCH:SIZE", help="full-precision archs to compare against their ternary twins")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data_steps", type=int, default=30, help="training steps timed on the data pipeline")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    args = parser.parse_args()
+    parser.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        _memory_probe(args.memory_probe)
+        return
     device = torch.device(args.device)
-    results = benchmark(args.arch, args.batch_size, args.image_size, args.repeats, args.warmup, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.arch}, batch {args.batch_size}, {args.image_size}×{args.image_size}, {where}, "
-          f"median of {args.repeats} steps, torch {torch.__version__}")
-    print(format_table(results, args.batch_size))
+    print(f"device: {where}; torch {torch.__version__}; medians of {args.repeats} steps after {args.warmup} warm-up")
+    resnet20_steps = None
+    for arch, batch_size, image_size in args.models:
+        results = benchmark(arch, batch_size, image_size, args.repeats, args.warmup, device)
+        memory = {name: peak_train_memory(arch, tex, batch_size, image_size, device) for name, tex in VARIANTS.items()}
+        print(f"\n{arch}, batch {batch_size}, {image_size}×{image_size}")
+        print(format_table(results, batch_size, memory))
+        if arch == "resnet20" and batch_size == 128:
+            resnet20_steps = {1: results["ternary"]["train"], 2: results["REL t_ex=2"]["train"]}
+
+    data = data_wait_share(128, args.data_steps, device)
+    print(f"\nsmall-data pipeline (tern_resnet20, CIFAR-10-sized uint8 tensor on {device.type}, batch 128): "
+          f"{1000 * data['wait_s']:.2f} ms of a {1000 * data['step_s']:.1f} ms step waiting for data = "
+          f"{100 * data['share']:.2f}% of the epoch")
+    if resnet20_steps:
+        for tex, cost in threshold_overhead(5, resnet20_steps, device).items():
+            print(f"--tfactors auto, tern_resnet20 t_ex={tex}: {1000 * cost['seconds']:.1f} ms per re-optimisation = "
+                  f"{100 * cost['per_epoch']:.3f}% of a CIFAR-10 epoch at the default cadence (once per epoch), "
+                  f"{100 * cost['per_step']:.1f}% if done every step")
 
 
 if __name__ == "__main__":

@@ -64,10 +64,17 @@ class TensorLoader:
     random horizontal flip with p = 0.5, the distribution of torchvision's
     RandomCrop(size, padding) + RandomHorizontalFlip. The randomness comes from a
     generator seeded with seed + epoch, so a resumed run sees the same batches.
+
+    In a distributed run (world_size > 1) every process draws the same permutation and
+    takes every world_size-th index from its rank on, padded by wrapping so all ranks
+    have as many batches (DistributedSampler's rule); crops and flips then come from a
+    generator of the rank's own. The test split is sharded without padding, so the
+    metrics summed over ranks are exact.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo, batch_size: int,
-                 train: bool, device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 train: bool, device: torch.device | str = "cpu", seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.device = torch.device(device)
@@ -81,12 +88,17 @@ class TensorLoader:
         self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1) * 255
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _shard_length(self) -> int:
+        n = len(self.labels)
+        return -(-n // self.world_size) if self.train else len(range(self.rank, n, self.world_size))
+
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return -(-self._shard_length() // self.batch_size)
 
     @property
     def dataset_size(self) -> int:
@@ -96,6 +108,13 @@ class TensorLoader:
         generator = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
         n = len(self.labels)
         order = torch.randperm(n, device=self.device, generator=generator) if self.train else None
+        if self.world_size > 1:
+            if self.train:
+                order = torch.cat([order, order[:(-n) % self.world_size]])[self.rank::self.world_size]
+                generator.manual_seed(self.seed + self.epoch + 10_007 * self.rank)
+            else:
+                order = torch.arange(self.rank, n, self.world_size, device=self.device)
+            n = len(order)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
             images = self.images[index]
@@ -203,16 +222,26 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
 
 
 class ImageFolderLoader(torch.utils.data.DataLoader):
-    """DataLoader whose shuffling and worker seeds follow seed + epoch (set_epoch)."""
+    """DataLoader with worker processes, pinned memory and persistent workers, whose
+    shuffling and worker seeds follow seed + epoch (set_epoch). In a distributed run the
+    training split goes through a DistributedSampler and the validation split is sharded
+    without padding (every image evaluated exactly once over all ranks)."""
 
-    def __init__(self, dataset, batch_size: int, train: bool, workers: int, pin_memory: bool, seed: int) -> None:
+    def __init__(self, dataset, batch_size: int, train: bool, workers: int, pin_memory: bool, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.seed = seed
-        super().__init__(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-                         pin_memory=pin_memory, persistent_workers=workers > 0,
+        sampler = None
+        if world_size > 1:
+            sampler = (torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+                       if train else list(range(rank, len(dataset), world_size)))
+        super().__init__(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                          generator=torch.Generator().manual_seed(seed))
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed + epoch)
+        if isinstance(self.sampler, torch.utils.data.DistributedSampler):
+            self.sampler.set_epoch(epoch)
 
     @property
     def dataset_size(self) -> int:
@@ -228,7 +257,8 @@ def imagenet_transforms(train: bool) -> T.Compose:
 
 
 def load_imagenet(data_path: str, batch_size: int, workers: int, pin_memory: bool, seed: int,
-                  include_train: bool = True, subset: int | None = None) -> list[ImageFolderLoader | None]:
+                  include_train: bool = True, subset: int | None = None, rank: int = 0,
+                  world_size: int = 1) -> list[ImageFolderLoader | None]:
     loaders: list[ImageFolderLoader | None] = []
     for split, train in (("train", True), ("val", False)):
         if train and not include_train:
@@ -241,7 +271,7 @@ def load_imagenet(data_path: str, batch_size: int, workers: int, pin_memory: boo
         index = random_subset(len(dataset), subset, seed) if train else None
         if index is not None:
             dataset = torch.utils.data.Subset(dataset, index.tolist())
-        loaders.append(ImageFolderLoader(dataset, batch_size, train, workers, pin_memory, seed))
+        loaders.append(ImageFolderLoader(dataset, batch_size, train, workers, pin_memory, seed, rank, world_size))
     return loaders
 
 
@@ -255,15 +285,17 @@ def random_subset(size: int, subset: int | None, seed: int) -> torch.Tensor | No
 
 
 def build_loaders(name: str, data_path: str, batch_size: int, device: torch.device, seed: int = 0,
-                  workers: int = 4, subset: int | None = None, include_train: bool = True
-                  ) -> tuple[TensorLoader | ImageFolderLoader | None, TensorLoader | ImageFolderLoader]:
+                  workers: int = 4, subset: int | None = None, include_train: bool = True, rank: int = 0,
+                  world_size: int = 1) -> tuple[TensorLoader | ImageFolderLoader | None, TensorLoader | ImageFolderLoader]:
     """(train loader, test loader) for a data set; both have set_epoch and dataset_size.
     `subset` trains on a seeded random subset of the training split; with
     include_train=False (evaluation) the train loader is None and ImageNet's train
-    folder is not scanned."""
+    folder is not scanned. `batch_size` is per process; rank/world_size shard both splits."""
     info = dataset_info(name)
+    shard = dict(rank=rank, world_size=world_size)
     if name == "imagenet":
-        train, test = load_imagenet(data_path, batch_size, workers, device.type == "cuda", seed, include_train, subset)
+        train, test = load_imagenet(data_path, batch_size, workers, device.type == "cuda", seed, include_train, subset,
+                                    **shard)
         return train, test
     if name == "digits":
         arrays = load_digits()
@@ -272,10 +304,10 @@ def build_loaders(name: str, data_path: str, batch_size: int, device: torch.devi
     else:
         arrays = load_cifar(name, data_path)
     x_train, y_train, x_test, y_test = arrays
-    test = TensorLoader(x_test, y_test, info, batch_size, train=False, device=device, seed=seed)
+    test = TensorLoader(x_test, y_test, info, batch_size, train=False, device=device, seed=seed, **shard)
     if not include_train:
         return None, test
     index = random_subset(len(y_train), subset, seed)
     if index is not None:
         x_train, y_train = x_train[index], y_train[index]
-    return TensorLoader(x_train, y_train, info, batch_size, train=True, device=device, seed=seed), test
+    return TensorLoader(x_train, y_train, info, batch_size, train=True, device=device, seed=seed, **shard), test

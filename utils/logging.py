@@ -12,13 +12,14 @@ import torch.nn as nn
 from models.ternary import layer_stats, ternary_layers
 
 
-def make_logger(save_path: str | None, name: str = "ternary") -> logging.Logger:
-    """A logger that prints to stdout and, with a save_path, appends to save_path/log.txt."""
+def make_logger(save_path: str | None, name: str = "ternary", quiet: bool = False) -> logging.Logger:
+    """A logger that prints to stdout and, with a save_path, appends to save_path/log.txt.
+    quiet=True (the non-main processes of a distributed run) keeps warnings only."""
     logger = logging.getLogger(f"{name}.{save_path}")
     for handler in list(logger.handlers):
         handler.close()
         logger.removeHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))

@@ -80,14 +80,16 @@ def read_run(folder: str) -> Run | None:
         return None
     with open(path) as f:
         results = json.load(f)
-    if results.get("mode") != "train":
-        return None
+    label, seed = config_label(results), results.get("args", {}).get("manualSeed")
+    if results.get("mode") == "evaluate":  # e.g. pretrained full-precision weights, evaluated only
+        return Run(folder, results.get("dataset", "?"), label, seed, "complete", 0, 0, results.get("top1"),
+                   results.get("weight_compression"), results.get("sparsity"), results.get("wall_time_s"))
     history = results.get("history", [])
     epochs = results.get("epochs")
     status = results.get("status") or ("complete" if len(history) >= (epochs or 0) else "running")
-    return Run(folder, results.get("dataset", "?"), config_label(results), results.get("args", {}).get("manualSeed"),
-               "complete" if status == "complete" else "partial", epochs, len(history), results.get("best_top1"),
-               results.get("weight_compression"), results.get("sparsity"), results.get("wall_time_s"), history)
+    return Run(folder, results.get("dataset", "?"), label, seed, "complete" if status == "complete" else "partial",
+               epochs, len(history), results.get("best_top1"), results.get("weight_compression"),
+               results.get("sparsity"), results.get("wall_time_s"), history)
 
 
 def find_runs(roots: list[str]) -> list[Run]:
@@ -157,7 +159,8 @@ def format_rows(rows: list[dict]) -> str:
         sparsity = None if row["sparsity"] is None else 100 * row["sparsity"]
         lines.append(
             f"| {row['dataset']} | {row['config']} | {row['top1']} | {number(row['paper'], '.2f')} | "
-            f"{number(row['diff'], '+.2f')} | {len(row['seeds']) or '—'} | {row['epochs'] or '—'} | "
+            f"{number(row['diff'], '+.2f')} | {len(row['seeds']) or '—'} | "
+            f"{'evaluated' if row['epochs'] == 0 else row['epochs'] or '—'} | "
             f"{number(row['compression'], '.1f')}{'×' if row['compression'] else ''} | "
             f"{number(sparsity, '.1f')}{'%' if sparsity is not None else ''} | "
             f"{number(row['wall_time_s'], '.0f')}{' s' if row['wall_time_s'] is not None else ''} | {row['status']} |")

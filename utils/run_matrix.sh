@@ -10,7 +10,9 @@ FAILED_RUNS=()
 run_one() {
     local save_dir=$1
     shift
-    local command=("$PYTHON" main.py --save_path "$save_dir" "$@")
+    local launcher
+    read -ra launcher <<< "$PYTHON"  # PYTHON may be a launcher with arguments, e.g. torchrun
+    local command=("${launcher[@]}" main.py --save_path "$save_dir" "$@")
     if [ "${FORCE:-0}" != 1 ] && grep -qs '"status": "complete"' "$save_dir/results.json"; then
         echo "== skip (finished): $save_dir"
         return 0

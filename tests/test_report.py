@@ -1,0 +1,119 @@
+"""The experiment-matrix scripts (dry run) and the results report (issue 6)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from utils import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_run(folder, arch, seed, best, epochs=200, done=None, dataset="cifar10", status="complete", **args):
+    done = epochs if done is None else done
+    os.makedirs(folder, exist_ok=True)
+    history = [{"epoch": e + 1, "val_top1": best * (e + 1) / done, "train_loss": 2.0 / (e + 1)} for e in range(done)]
+    results = {"mode": "train", "status": status, "arch": arch, "dataset": dataset, "epochs": epochs,
+               "epochs_done": done, "best_top1": best, "weight_compression": 20.0 if arch.startswith("tern") else 1.0,
+               "sparsity": 0.3, "wall_time_s": 100.0, "history": history,
+               "args": {"arch": arch, "manualSeed": seed, "tex": None, "tfactors": None, "first_last": None, **args}}
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(results, f)
+
+
+def rows_by_config(rows):
+    return {(row["dataset"], row["config"]): row for row in rows}
+
+
+def test_report_aggregates_seeds_and_compares_with_the_paper(tmp_path):
+    write_run(tmp_path / "cifar10/tern_resnet20_seed5000", "tern_resnet20", 5000, 91.0)
+    write_run(tmp_path / "cifar10/tern_resnet20_seed5001", "tern_resnet20", 5001, 92.0)
+    write_run(tmp_path / "cifar10/rel2_resnet20_seed5000", "tern_resnet20", 5000, 92.5, tex=2)
+    rows = rows_by_config(report.report_rows(report.find_runs([str(tmp_path)])))
+    tern = rows[("cifar10", "tern_resnet20")]
+    assert tern["top1"] == "91.50 ± 0.71" and tern["paper"] == 91.65 and tern["diff"] == pytest.approx(-0.15)
+    assert tern["seeds"] == [5000, 5001] and tern["status"] == "2 complete"
+    rel = rows[("cifar10", "tern_resnet20 t_ex=2")]
+    assert rel["paper"] is None and rel["top1"] == "92.50"  # not a configuration of the paper's table
+    assert rows[("cifar10", "resnet56")]["status"] == "not run"  # paper rows without runs are listed
+
+
+def test_partial_and_broken_runs_are_shown_not_dropped(tmp_path):
+    write_run(tmp_path / "a", "resnet20", 5000, 90.0)
+    write_run(tmp_path / "b", "resnet20", 5001, 50.0, done=3, status="running")
+    os.makedirs(tmp_path / "c")
+    open(tmp_path / "c/checkpoint.pth.tar", "wb").close()  # crashed before its first results.json
+    runs = report.find_runs([str(tmp_path)])
+    assert sorted(r.status for r in runs) == ["complete", "partial", "partial"]
+    rows = rows_by_config(report.report_rows(runs))
+    row = rows[("cifar10", "resnet20")]
+    assert row["top1"] == "90.00" and row["status"] == "1 complete, 1 partial (3/200 epochs)"
+    assert any(r["status"].startswith("0 complete, 1 partial") for r in rows.values())
+
+
+def test_report_command_writes_markdown_and_curves(tmp_path, capsys):
+    write_run(tmp_path / "fashion/fp", "resnet20", 5000, 91.2, epochs=5, dataset="fashion_mnist")
+    write_run(tmp_path / "fashion/tern", "tern_resnet20", 5000, 90.9, epochs=5, dataset="fashion_mnist",
+              auto_thresholds=True)
+    assert report.main([str(tmp_path)]) == 0
+    table = open(tmp_path / "report.md").read()
+    assert "| fashion_mnist | tern_resnet20 auto thresholds | 90.90 | — |" in table
+    assert "| fashion_mnist | resnet20 | 91.20 |" in table and table == capsys.readouterr().out.split("\n\nwrote")[0] + "\n"
+    with open(tmp_path / "curves.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_an_empty_folder_says_so(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 1
+    assert "no training runs" in capsys.readouterr().out
+
+
+def script(name, env, *args):
+    done = subprocess.run(["bash", name, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "DRY_RUN": "1", **env}, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_cifar_script_dry_run_builds_the_matrix(tmp_path):
+    code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20 resnet56", "VARIANTS": "fp rel2_auto", "SEEDS": "2",
+                                               "SAVE_ROOT": str(tmp_path)}, "--epochs", "3")
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 8
+    assert f"--save_path {tmp_path}/cifar10/fp_resnet20_seed5000 " in lines[0] and "--arch resnet20 " in lines[0]
+    assert f"{tmp_path}/cifar10/rel2_auto_resnet56_seed5001" in lines[7]
+    assert "--arch tern_resnet56 --tex 2 --tfactors auto" in lines[7] and "--manualSeed 5001" in lines[7]
+    assert all(line.rstrip().endswith("--epochs 3") and "--schedule 80 120 160" in line for line in lines)
+    assert not os.listdir(tmp_path)  # a dry run runs nothing
+
+
+def test_cifar_script_skips_finished_and_resumes_partial_runs(tmp_path):
+    write_run(tmp_path / "cifar10/fp_resnet20_seed5000", "resnet20", 5000, 91.0)
+    os.makedirs(tmp_path / "cifar10/tern_resnet20_seed5000")
+    open(tmp_path / "cifar10/tern_resnet20_seed5000/checkpoint.pth.tar", "wb").close()
+    code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "SAVE_ROOT": str(tmp_path)})
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].startswith("== skip (finished)")
+    assert lines[1].rstrip().endswith(f"--resume {tmp_path}/cifar10/tern_resnet20_seed5000/checkpoint.pth.tar")
+
+
+@pytest.mark.parametrize("env,message", [({"ARCHS": "resnet99"}, "unknown arch 'resnet99'"),
+                                         ({"VARIANTS": "nope"}, "unknown variant 'nope'")])
+def test_cifar_script_rejects_unknown_names(env, message):
+    code, _, err = script("train_CIFAR10.sh", env)
+    assert code == 2 and message in err
+
+
+def test_imagenet_script_dry_run(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "resnet18.pth").write_bytes(b"")
+    env = {"ARCHS": "resnet18b_fq_lq_tern_tex_2 resnet34b_ff_lf_tex1 tern_alexnet_ff_lf", "FP_ARCHS": "resnet18",
+           "PRETRAINED_DIR": str(weights), "SAVE_ROOT": str(tmp_path), "LAUNCH": "torchrun --nproc_per_node 8"}
+    code, out, err = script("train_ImageNet.sh", env)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 4 and all(line.startswith("torchrun --nproc_per_node 8 main.py") for line in lines)
+    assert f"--pretrained {weights}/resnet18.pth --evaluate" in lines[0] and "resnet18_pretrained" in lines[0]
+    assert f"--pretrained {weights}/resnet18.pth" in lines[1] and "--optimizer Adam" in lines[1]
+    assert "--pretrained torchvision" in lines[2]  # no local resnet34.pth: torchvision's download
+    assert "--pretrained" not in lines[3] and "trains from scratch" in err
