@@ -392,6 +392,9 @@ def select_rank_device(args: argparse.Namespace) -> tuple[torch.device, Distribu
         device = torch.device("cuda", context.local_rank)
     if context.enabled and args.ngpu > 1:
         raise UserError("--ngpu is DataParallel for single-process runs; under torchrun use --nproc_per_node")
+    if args.sync_bn and not (context.enabled and device.type == "cuda"):
+        raise UserError("--sync_bn synchronises BatchNorm across the GPU processes of a torchrun run "
+                        "(PyTorch's SyncBatchNorm runs on CUDA only)")
     return device, context
 
 

@@ -94,6 +94,25 @@ def test_imagenet_loader_reads_an_image_folder_of_jpegs(tmp_path):
     assert train.dataset_size == 6 and next(iter(train))[0].shape == (4, 3, 224, 224)
 
 
+def test_imagenet_loaders_shard_across_processes(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            os.makedirs(tmp_path / split / cls)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.JPEG")
+    val_labels, train_sizes = [], []
+    for rank in range(2):
+        train, val = build_loaders("imagenet", str(tmp_path), batch_size=2, device=torch.device("cpu"), workers=0,
+                                   rank=rank, world_size=2)
+        assert isinstance(train.sampler, torch.utils.data.DistributedSampler) and train.sampler.rank == rank
+        train.set_epoch(3)
+        assert train.sampler.epoch == 3
+        train_sizes.append(sum(len(y) for _, y in train))
+        val_labels += [label for _, y in val for label in y.tolist()]
+    assert train_sizes == [3, 3] and sorted(val_labels) == [0, 0, 0, 1, 1, 1]  # every val image exactly once
+
+
 def test_imagenet_evaluation_does_not_need_the_train_folder(tmp_path):
     os.makedirs(tmp_path / "val" / "n01")
     Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(tmp_path / "val" / "n01" / "a.JPEG")

@@ -115,6 +115,7 @@ def test_fashion_mnist_subset_learns(tmp_path):
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--arch", "nope"], "cuda|unknown arch"),
     (["--resume", "/nonexistent.pth.tar"], "checkpoint not found"),
     (["--arch", "resnet20", "--first_last", "fp"], "full precision: give tex or tfactors"),
+    (["--sync_bn"], "SyncBatchNorm runs on CUDA only"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main.main(argv + ["--save_path", str(tmp_path)]) == 2

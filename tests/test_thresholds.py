@@ -159,3 +159,15 @@ def test_threshold_every_steps_reoptimises_during_the_epoch(tmp_path, monkeypatc
 def test_bad_threshold_flags(argv, message, tmp_path, capsys):
     assert main.main(argv + ["--epochs", "1", "--save_path", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_threshold_report_command(tmp_path, capsys):
+    from utils import thresholds
+
+    thresholds.main(["--arch", "tern_resnet20", "--json", str(tmp_path / "report.json")])
+    out = capsys.readouterr().out
+    assert "| stage_1.0.conv_a.weight |" in out and "optimize_thresholds over all of them" in out
+    report = json.load(open(tmp_path / "report.json"))
+    assert len(report["layers"]) == 20 and set(report["totals"]) == {"1", "2", "4"}
+    for total in report["totals"].values():
+        assert total["mean_error_optimised"] < total["mean_error_fixed"] and total["error_reduction"] > 0.05

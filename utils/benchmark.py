@@ -17,6 +17,7 @@ a training step.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -102,7 +103,9 @@ def peak_train_memory(arch: str, tex: int | None, batch_size: int, image_size: i
             _train_step(model.train(), optimizer, x, y)
         return torch.cuda.max_memory_allocated(device) / 2**20
     probe = [sys.executable, "-m", "utils.benchmark", "--memory_probe", f"{arch}:{batch_size}:{image_size}:{tex or 0}"]
-    return float(subprocess.run(probe, check=True, capture_output=True, text=True).stdout.split()[-1])
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(probe, check=True, capture_output=True, text=True, cwd=repository)
+    return float(done.stdout.split()[-1])
 
 
 def _memory_probe(spec: str) -> None:
