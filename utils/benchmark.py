@@ -8,7 +8,8 @@ For each model (ARCH:BATCH:IMAGE_SIZE) it prints the median time of a training s
 (forward, backward, SGD step) and of an eval forward (after training, on unchanged
 weights, as in real evaluation), images/s, ratios to full precision and the peak memory
 of a training step (CUDA: max allocated; CPU: peak resident set of a fresh process).
-Variants are interleaved round-robin so that drift in machine load hits all alike.
+Variants are interleaved, in a random order each round, so that drift in machine load
+and cache effects hit all alike.
 It then times the training loop on the small-data pipeline (a CIFAR-10-sized uint8
 tensor on the device, cropped and flipped per batch) to give the share of the time spent
 waiting for data, and the cost of re-optimising the thresholds (--tfactors auto) against
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -80,10 +83,13 @@ def benchmark(arch: str, batch_size: int, image_size: int, repeats: int, warmup:
 
 
 def _round_robin(runs: dict, step, repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of `step(model, optimizer)` per variant, variants interleaved."""
+    """Median seconds of `step(model, optimizer)` per variant: variants interleaved, in a
+    fresh (seeded) random order every round so no variant always follows the same one."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    order = random.Random(0)
     for i in range(warmup + repeats):
-        for name, (model, optimizer) in runs.items():
+        for name in order.sample(list(runs), len(runs)):
+            model, optimizer = runs[name]
             elapsed = _timed(lambda: step(model, optimizer), device)
             if i >= warmup:
                 times[name].append(elapsed)
@@ -93,7 +99,7 @@ def _round_robin(runs: dict, step, repeats: int, warmup: int, device: torch.devi
 def peak_train_memory(arch: str, tex: int | None, batch_size: int, image_size: int, device: torch.device) -> float:
     """Peak memory (MiB) of training steps: CUDA max allocated; on CPU, in a fresh
     process, the peak resident set during two steps minus the resident set before them
-    (model, optimizer and inputs already built), i.e. what training adds."""
+    (model, optimizer and inputs already built), i.e. what training adds, sampled every 0.5 ms."""
     if device.type == "cuda":
         model, optimizer = _build(arch, tex, device)
         x = torch.randn(batch_size, 3, image_size, image_size, device=device)
@@ -104,7 +110,10 @@ def peak_train_memory(arch: str, tex: int | None, batch_size: int, image_size: i
         return torch.cuda.max_memory_allocated(device) / 2**20
     probe = [sys.executable, "-m", "utils.benchmark", "--memory_probe", f"{arch}:{batch_size}:{image_size}:{tex or 0}"]
     repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(probe, check=True, capture_output=True, text=True, cwd=repository)
+    # A fixed mmap threshold makes glibc hand every large tensor back to the OS when freed,
+    # so the resident set follows the live tensors instead of malloc's cache.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    done = subprocess.run(probe, check=True, capture_output=True, text=True, cwd=repository, env=env)
     return float(done.stdout.split()[-1])
 
 
@@ -114,11 +123,27 @@ def _memory_probe(spec: str) -> None:
     model, optimizer = _build(arch, tex, torch.device("cpu"))
     x = torch.randn(batch_size, 3, image_size, image_size)
     y = torch.randint(0, _num_classes(arch), (batch_size,))
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    before = _resident_mib()
+    peak, running = [before], threading.Event()
+    running.set()
+
+    def sample() -> None:  # ru_maxrss would report the import's peak; poll the resident set instead
+        while running.is_set():
+            peak[0] = max(peak[0], _resident_mib())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     for _ in range(2):
         _train_step(model.train(), optimizer, x, y)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)  # ru_maxrss is in KiB on Linux
+    running.clear()
+    sampler.join()
+    print(peak[0] - before)
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def data_wait_share(batch_size: int, steps: int, device: torch.device) -> dict[str, float]:

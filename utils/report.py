@@ -168,23 +168,31 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def plot_runs(runs: list[Run], path: str) -> None:
-    """Validation top-1 and training loss per epoch of every run with a history, in one PNG."""
-    fig, (top1_axis, loss_axis) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for run in runs:
-        if not run.history:
-            continue
-        epochs = [record["epoch"] for record in run.history]
-        label = f"{run.dataset} {run.config} seed {run.seed}" + ("" if run.status == "complete" else " (partial)")
-        top1_axis.plot(epochs, [record["val_top1"] for record in run.history], label=label)
-        loss_axis.plot(epochs, [record["train_loss"] for record in run.history], label=label)
-    top1_axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title="validation accuracy")
-    loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
-    for axis in (top1_axis, loss_axis):
-        axis.grid(alpha=0.3)
-    handles, labels = top1_axis.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
-        fig.subplots_adjust(bottom=0.12 + 0.035 * ((len(labels) + 1) // 2), wspace=0.25)
+    """One row per data set: validation top-1 and training loss per epoch of every run with
+    a history; one colour per configuration, one line style per seed."""
+    runs = [run for run in runs if run.history]
+    datasets = sorted({run.dataset for run in runs}) or ["(no runs with a history)"]
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 4 * len(datasets)), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    for (top1_axis, loss_axis), dataset in zip(axes, datasets):
+        group = [run for run in runs if run.dataset == dataset]
+        configs = sorted({run.config for run in group})
+        seeds = sorted({run.seed for run in group}, key=str)
+        for run in group:
+            epochs = [record["epoch"] for record in run.history]
+            style = dict(color=colours[configs.index(run.config) % len(colours)],
+                         linestyle=styles[seeds.index(run.seed) % len(styles)],
+                         label=f"{run.config} seed {run.seed}" + ("" if run.status == "complete" else " (partial)"))
+            top1_axis.plot(epochs, [record["val_top1"] for record in run.history], **style)
+            loss_axis.plot(epochs, [record["train_loss"] for record in run.history], **style)
+        top1_axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title=f"{dataset}: validation accuracy")
+        loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log", title=f"{dataset}: training loss")
+        for axis in (top1_axis, loss_axis):
+            axis.grid(alpha=0.3)
+        if group:
+            loss_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
