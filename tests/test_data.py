@@ -80,14 +80,19 @@ def test_cifar10_loader_reads_the_python_pickle_format(tmp_path, monkeypatch):
     assert x.shape == (50, 3, 32, 32) and x.dtype == torch.float32
 
 
-def test_imagenet_loader_reads_an_image_folder_of_jpegs(tmp_path):
+def write_image_folders(root):
+    """train/ and val/ ImageFolders: 2 classes × 3 random JPEGs of different heights."""
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in ("n01", "n02"):
-            os.makedirs(tmp_path / split / cls)
+            os.makedirs(root / split / cls)
             for i in range(3):
                 pixels = rng.integers(0, 256, (40 + 10 * i, 50, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.JPEG")
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.JPEG")
+
+
+def test_imagenet_loader_reads_an_image_folder_of_jpegs(tmp_path):
+    write_image_folders(tmp_path)
     train, val = build_loaders("imagenet", str(tmp_path), batch_size=4, device=torch.device("cpu"), workers=0)
     x, y = next(iter(val))
     assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 0, 1]
@@ -95,12 +100,7 @@ def test_imagenet_loader_reads_an_image_folder_of_jpegs(tmp_path):
 
 
 def test_imagenet_loaders_shard_across_processes(tmp_path):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("n01", "n02"):
-            os.makedirs(tmp_path / split / cls)
-            for i in range(3):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.JPEG")
+    write_image_folders(tmp_path)
     val_labels, train_sizes = [], []
     for rank in range(2):
         train, val = build_loaders("imagenet", str(tmp_path), batch_size=2, device=torch.device("cpu"), workers=0,

@@ -111,11 +111,6 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _paper_key(run: Run) -> tuple[str, str] | None:
-    key = (run.dataset, run.config)
-    return key if key in PAPER_TOP1 else None
-
-
 def report_rows(runs: list[Run]) -> list[dict]:
     """One row per (dataset, config): complete seeds aggregated, partial runs counted,
     paper configurations of the data sets present that have no run at all."""
