@@ -7,11 +7,15 @@
 #   bash train_CIFAR10.sh                                 # the whole table, seed 5000
 #   ARCHS="resnet20 resnet32" SEEDS=3 bash train_CIFAR10.sh
 #   VARIANTS="tern rel2 tern_auto" bash train_CIFAR10.sh --epochs 10   # extra args go to main.py
+#   EPOCHS=40 bash train_CIFAR10.sh                       # the schedule compressed to 40 epochs
 #   DRY_RUN=1 bash train_CIFAR10.sh                       # print the commands only
 #   python -m utils.report save/cifar10                   # the table next to the paper's numbers
 #
 # Environment: ARCHS (resnet20 resnet32 resnet44 resnet56), VARIANTS (fp tern; also rel2,
 # rel4, tern_auto, rel2_auto, tern_fflf), SEEDS (number of seeds, 1), FIRST_SEED (5000),
+# EPOCHS (200; the lr steps stay at 40%/60%/80% of the epochs, as 80/120/160 of 200),
+# PRECISION (bf16: --amp --channels_last, about 2x faster on GPUs and on CPUs with AVX-512
+# BF16 at no accuracy cost, see README; fp32: neither),
 # DATASET (cifar10; cifar100, fashion_mnist, mnist, digits work too), DATA_PATH
 # (./data/DATASET), SAVE_ROOT (./save), PYTHON (python), DRY_RUN, FORCE (see utils/run_matrix.sh).
 set -uo pipefail
@@ -25,6 +29,14 @@ FIRST_SEED=${FIRST_SEED:-5000}
 DATASET=${DATASET:-cifar10}
 DATA_PATH=${DATA_PATH:-./data/$DATASET}
 SAVE_ROOT=${SAVE_ROOT:-./save}
+EPOCHS=${EPOCHS:-200}
+PRECISION=${PRECISION:-bf16}
+case $PRECISION in
+    bf16) PRECISION_ARGS="--amp --channels_last" ;;
+    fp32) PRECISION_ARGS="" ;;
+    *) echo "unknown PRECISION '$PRECISION' (bf16 fp32)" >&2; exit 2 ;;
+esac
+SCHEDULE="$((EPOCHS * 2 / 5)) $((EPOCHS * 3 / 5)) $((EPOCHS * 4 / 5))"
 
 variant_args() {  # variant_args VARIANT ARCH: main.py's model flags
     case $1 in
@@ -47,11 +59,11 @@ for arch in $ARCHS; do
     for variant in $VARIANTS; do
         model_args=$(variant_args "$variant" "$arch") || exit 2
         for seed in $(seed_list "$SEEDS" "$FIRST_SEED"); do
-            # shellcheck disable=SC2086  # model_args is a list of flags
+            # shellcheck disable=SC2086  # model_args and PRECISION_ARGS are lists of flags
             run_one "$SAVE_ROOT/$DATASET/${variant}_${arch}_seed$seed" \
                 --dataset "$DATASET" --data_path "$DATA_PATH" $model_args \
-                --epochs 200 --optimizer SGD --learning_rate 0.1 --momentum 0.9 --decay 3e-4 --batch_size 128 \
-                --schedule 80 120 160 --gammas 0.1 0.1 0.5 --manualSeed "$seed" --print_freq 100 "$@"
+                --epochs "$EPOCHS" --optimizer SGD --learning_rate 0.1 --momentum 0.9 --decay 3e-4 --batch_size 128 \
+                --schedule $SCHEDULE --gammas 0.1 0.1 0.5 --manualSeed "$seed" --print_freq 100 $PRECISION_ARGS "$@"
         done
     done
 done

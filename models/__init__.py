@@ -11,14 +11,15 @@ import torch.nn as nn
 from .alexnet import alexnet_bn
 from .resnet_cifar import cifar_resnet
 from .resnet_imagenet import imagenet_resnet
-from .ternary import (TernConv2d, TernLinear, as_tfactors, layer_stats, layer_tfactors, model_sparsity,
-                      optimize_model_thresholds, optimize_thresholds, paper_tfactors, reconstruction_error,
-                      set_layer_tfactors, ternarize, ternarize_model, ternary_layers)
+from .ternary import (TernConv2d, TernLinear, as_tfactors, inference_twin, layer_bias_copies, layer_stats, layer_tfactors,
+                      model_sparsity, optimize_model_thresholds, optimize_thresholds, paper_tfactors,
+                      reconstruction_error, set_layer_bias_copies, set_layer_tfactors, ternarize, ternarize_model,
+                      ternary_layers, use_reference_rel_bias)
 
 __all__ = ["ArchSpec", "ARCHS", "get_model", "list_archs", "TernConv2d", "TernLinear", "ternarize",
            "ternarize_model", "ternary_layers", "layer_stats", "model_sparsity", "paper_tfactors",
            "optimize_thresholds", "optimize_model_thresholds", "reconstruction_error", "layer_tfactors",
-           "set_layer_tfactors"]
+           "set_layer_tfactors", "layer_bias_copies", "set_layer_bias_copies", "use_reference_rel_bias", "inference_twin"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ so it is evaluated as one convolution / matmul with the summed ("effective") wei
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 
@@ -110,6 +111,7 @@ class TernaryLayerMixin:
 
     def _init_ternary(self, tfactors: float | Sequence[float]) -> None:
         self.tfactors = as_tfactors(tfactors)
+        self.bias_copies = 1  # t_ex for checkpoints of the reference, whose REL adds the bias per branch
         self._cache_key: tuple | None = None
         self._cached_weight: torch.Tensor | None = None
 
@@ -137,8 +139,16 @@ class TernaryLayerMixin:
             self._cache_key = key
         return self._cached_weight
 
+    def applied_bias(self) -> torch.Tensor | None:
+        """The bias forward adds: b (this project's REL convention, y = Σ_k T_k(W)·x + b),
+        or bias_copies·b for the reference's REL checkpoints, y = Σ_k (T_k(W)·x + b)."""
+        if self.bias is None or self.bias_copies == 1:
+            return self.bias
+        return self.bias * self.bias_copies
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tfactors={self.tfactors}"
+        copies = f", bias_copies={self.bias_copies}" if self.bias_copies != 1 else ""
+        return f"{super().extra_repr()}, tfactors={self.tfactors}{copies}"
 
 
 class TernConv2d(TernaryLayerMixin, nn.Conv2d):
@@ -149,18 +159,19 @@ class TernConv2d(TernaryLayerMixin, nn.Conv2d):
         self._init_ternary(tfactors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.applied_bias())
 
 
 class TernLinear(TernaryLayerMixin, nn.Linear):
-    """nn.Linear whose weight is ternarized; the bias is added once, not per REL branch."""
+    """nn.Linear whose weight is ternarized; the bias is added once, not per REL branch
+    (see applied_bias for the reference's REL checkpoints)."""
 
     def __init__(self, *args, tfactors: float | Sequence[float] = (PAPER_TFACTOR,), **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_ternary(tfactors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return F.linear(x, self.quantized_weight(), self.applied_bias())
 
 
 TernaryLayer = TernConv2d | TernLinear
@@ -426,3 +437,55 @@ def set_layer_tfactors(model: nn.Module, tfactors: dict[str, Sequence[float]]) -
         if len(factors) != layers[name].tex:
             raise ValueError(f"{name} has t_ex={layers[name].tex} but {len(factors)} saved threshold factors")
         layers[name].set_tfactors(factors)
+
+
+def layer_bias_copies(model: nn.Module) -> dict[str, int]:
+    """{layer name: bias copies} of the layers that add their bias more than once (saved in checkpoints)."""
+    return {name: layer.bias_copies for name, layer in ternary_layers(model) if layer.bias_copies != 1}
+
+
+def set_layer_bias_copies(model: nn.Module, copies: dict[str, int]) -> None:
+    """Restore layer_bias_copies; every other ternary layer adds its bias once."""
+    layers = dict(ternary_layers(model))
+    unknown = sorted(set(copies) - set(layers))
+    if unknown:
+        raise ValueError(f"bias copies are for layers this model does not have: {', '.join(unknown[:5])}")
+    for name, layer in layers.items():
+        layer.bias_copies = int(copies.get(name, 1))
+
+
+def use_reference_rel_bias(model: nn.Module) -> list[str]:
+    """The reference's REL rule: every branch adds the bias, y = Σ_k (T_k(W)·x + b), so a
+    REL layer with a bias applies t_ex·b. Returns the names of the layers this changes."""
+    changed = []
+    for name, layer in ternary_layers(model):
+        if layer.bias is not None and layer.tex > 1:
+            layer.bias_copies = layer.tex
+            changed.append(name)
+    return changed
+
+
+def _plain_layer(layer: TernaryLayer) -> nn.Conv2d | nn.Linear:
+    """The nn.Conv2d / nn.Linear that applies `layer`'s effective weight and bias (a copy)."""
+    if isinstance(layer, nn.Conv2d):
+        plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                          padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                          bias=layer.bias is not None, padding_mode=layer.padding_mode, device="meta")
+    else:
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    plain.weight = nn.Parameter(layer.effective_weight().clone(), requires_grad=False)
+    if layer.bias is not None:
+        plain.bias = nn.Parameter(layer.applied_bias().detach().clone(), requires_grad=False)
+    return plain
+
+
+def inference_twin(model: nn.Module) -> nn.Module:
+    """A copy of `model` for deployment: every ternary layer becomes a plain nn.Conv2d /
+    nn.Linear holding Σ_k T_k(W) and the bias the layer applies, in eval mode. It computes
+    what the eval model computes, with nothing but standard layers."""
+    twin = copy.deepcopy(model).eval()
+    for name, layer in list(ternary_layers(twin)):
+        parent_name, _, child_name = name.rpartition(".")
+        parent = twin.get_submodule(parent_name) if parent_name else twin
+        setattr(parent, child_name, _plain_layer(layer))
+    return twin

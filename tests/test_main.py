@@ -164,15 +164,14 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_best_checkpoint(default_run, tmp_path, capsys):
+    best = os.path.join(default_run, "model_best.pth.tar")
+    before = open(best, "rb").read()
     save = tmp_path / "run"
-    save.mkdir()
-    best = save / "model_best.pth.tar"
-    best.write_bytes(open(os.path.join(default_run, "model_best.pth.tar"), "rb").read())
-    before = best.read_bytes()
-    assert main.main(["--resume", str(best), "--fine_tune", "--learning_rate", "1e30", "--epochs", "1",
+    assert main.main(["--resume", best, "--fine_tune", "--learning_rate", "1e30", "--epochs", "1",
                       "--save_path", str(save)]) == 2
-    assert "loss became nan" in capsys.readouterr().err.lower()
-    assert best.read_bytes() == before and not (save / "checkpoint.pth.tar").exists()
+    err = capsys.readouterr().err.lower()
+    assert "loss became nan" in err and "no model was saved" in err
+    assert open(best, "rb").read() == before and not (save / "checkpoint.pth.tar").exists()
 
 
 def test_pretrained_torchvision_offline_and_unsupported_are_one_line(tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ def write_run(folder, arch, seed, best, epochs=200, done=None, dataset="cifar10"
     os.makedirs(folder, exist_ok=True)
     history = [{"epoch": e + 1, "val_top1": best * (e + 1) / done, "train_loss": 2.0 / (e + 1)} for e in range(done)]
     results = {"mode": "train", "status": status, "arch": arch, "dataset": dataset, "epochs": epochs,
-               "epochs_done": done, "best_top1": best, "weight_compression": 20.0 if arch.startswith("tern") else 1.0,
+               "epochs_done": done, "best_top1": best, "final_top1": best - 0.25, "weight_compression": 20.0 if arch.startswith("tern") else 1.0,
                "sparsity": 0.3, "wall_time_s": 100.0, "history": history,
                "args": {"arch": arch, "manualSeed": seed, "tex": None, "tfactors": None, "first_last": None, **args}}
     with open(os.path.join(folder, "results.json"), "w") as f:
@@ -39,6 +39,19 @@ def test_report_aggregates_seeds_and_compares_with_the_paper(tmp_path):
     assert rows[("cifar10", "resnet56")]["status"] == "not run"  # paper rows without runs are listed
 
 
+def test_ternarized_rows_are_compared_with_full_precision_at_equal_epochs(tmp_path):
+    write_run(tmp_path / "fp40", "resnet20", 5000, 90.0, epochs=40, amp=True, amp_dtype="bfloat16")
+    write_run(tmp_path / "tern40", "tern_resnet20", 5000, 89.4, epochs=40, amp=True, amp_dtype="bfloat16")
+    write_run(tmp_path / "tern200", "tern_resnet20", 5001, 91.0, epochs=200)
+    rows = report.report_rows(report.find_runs([str(tmp_path)]))
+    by_epochs = {(row["config"], row["epochs"]): row for row in rows}
+    assert by_epochs[("tern_resnet20", 40)]["vs_fp"] == pytest.approx(-0.6)
+    assert by_epochs[("tern_resnet20", 40)]["precision"] == "bf16" and by_epochs[("tern_resnet20", 40)]["final"] == "89.15"
+    assert by_epochs[("resnet20", 40)]["vs_fp"] is None
+    assert report.full_precision_twin("resnet18b_ff_lf_tex1") == "resnet18"
+    assert report.full_precision_twin("tern_alexnet_fq_lq") == "alexnet_vanilla"
+
+
 def test_partial_and_broken_runs_are_shown_not_dropped(tmp_path):
     write_run(tmp_path / "a", "resnet20", 5000, 90.0)
     write_run(tmp_path / "b", "resnet20", 5001, 50.0, done=3, status="running")
@@ -58,7 +71,7 @@ def test_report_command_writes_markdown_and_curves(tmp_path, capsys):
               auto_thresholds=True)
     assert report.main([str(tmp_path)]) == 0
     table = open(tmp_path / "report.md").read()
-    assert "| fashion_mnist | tern_resnet20 auto thresholds | 90.90 | — |" in table
+    assert "| fashion_mnist | tern_resnet20 auto thresholds | 90.90 | 90.65 | −0.30 |".replace("−", "-") in table
     assert "| fashion_mnist | resnet20 | 91.20 |" in table and table == capsys.readouterr().out.split("\n\nwrote")[0] + "\n"
     with open(tmp_path / "curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -84,7 +97,17 @@ def test_cifar_script_dry_run_builds_the_matrix(tmp_path):
     assert f"{tmp_path}/cifar10/rel2_auto_resnet56_seed5001" in lines[7]
     assert "--arch tern_resnet56 --tex 2 --tfactors auto" in lines[7] and "--manualSeed 5001" in lines[7]
     assert all(line.rstrip().endswith("--epochs 3") and "--schedule 80 120 160" in line for line in lines)
+    assert all("--amp --channels_last" in line for line in lines)  # PRECISION=bf16 by default
     assert not os.listdir(tmp_path)  # a dry run runs nothing
+
+
+def test_cifar_script_compresses_the_schedule_and_sets_precision(tmp_path):
+    code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "tern", "EPOCHS": "40",
+                                               "PRECISION": "fp32", "SAVE_ROOT": str(tmp_path)})
+    assert code == 0 and "--epochs 40 " in out and "--schedule 16 24 32 --gammas 0.1 0.1 0.5" in out
+    assert "--amp" not in out and "--channels_last" not in out
+    code, _, err = script("train_CIFAR10.sh", {"PRECISION": "fp8"})
+    assert code == 2 and "unknown PRECISION 'fp8'" in err
 
 
 def test_cifar_script_skips_finished_and_resumes_partial_runs(tmp_path):

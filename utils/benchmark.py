@@ -3,6 +3,7 @@
     python -m utils.benchmark                                   # ResNet-20 (32×32, batch 128) and ResNet-18 (224×224, batch 16)
     python -m utils.benchmark --models resnet20:128:32 --repeats 30
     python -m utils.benchmark --device cuda                     # on a GPU
+    python -m utils.benchmark --modes_only                      # only the precision / memory-format / compile table
 
 For each model (ARCH:BATCH:IMAGE_SIZE) it prints the median time of a training step
 (forward, backward, SGD step) and of an eval forward (after training, on unchanged
@@ -10,6 +11,9 @@ weights, as in real evaluation), images/s, ratios to full precision and the peak
 of a training step (CUDA: max allocated; CPU: peak resident set of a fresh process).
 Variants are interleaved, in a random order each round, so that drift in machine load
 and cache effects hit all alike.
+The modes table compares, for ResNet-20 full precision and ternarized, fp32 against
+bf16 autocast (--amp), NHWC (--channels_last) and torch.compile (--compile), and turns
+the step times into a CIFAR-10 epoch (391 training steps of 128 + 79 eval batches).
 It then times the training loop on the small-data pipeline (a CIFAR-10-sized uint8
 tensor on the device, cropped and flipped per batch) to give the share of the time spent
 waiting for data, and the cost of re-optimising the thresholds (--tfactors auto) against
@@ -32,9 +36,18 @@ import torch.nn as nn
 
 from models import ARCHS, get_model, optimize_model_thresholds
 from utils.data import DATASETS, TensorLoader
+from utils.hardware import fast_bf16
 
 VARIANTS = {"full precision": None, "ternary": 1, "REL t_ex=2": 2, "REL t_ex=4": 4}
 CIFAR_TRAIN_STEPS_PER_EPOCH = 391  # 50,000 images, batch 128
+CIFAR_EVAL_STEPS_PER_EPOCH = 79  # 10,000 images, batch 128
+MODES = {  # name: (bf16 autocast, channels_last, torch.compile)
+    "fp32": (False, False, False),
+    "fp32 + channels_last": (False, True, False),
+    "bf16": (True, False, False),
+    "bf16 + channels_last": (True, True, False),
+    "bf16 + channels_last + compile": (True, True, True),
+}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -187,6 +200,62 @@ def threshold_overhead(repeats: int, step_seconds: dict[int, float], device: tor
     return result
 
 
+def _mode_run(arch: str, mode: tuple[bool, bool, bool], device: torch.device, x: torch.Tensor):
+    amp, channels_last, compiled = mode
+    model, optimizer = _build(arch, None, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compiled else model
+    inputs = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model, forward, optimizer, inputs, amp
+
+
+def precision_modes(arch: str, repeats: int, warmup: int, device: torch.device) -> dict[tuple[str, str], dict]:
+    """Median train-step and eval seconds of `arch` and its ternary twin (batch 128, 32×32)
+    under every mode of MODES, all interleaved in one round robin."""
+    x = torch.randn(128, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    modes = {name: mode for name, mode in MODES.items() if fast_bf16(device) or not mode[0]}
+    runs = {(variant, name): _mode_run(variant, mode, device, x)
+            for variant in (arch, f"tern_{arch}") for name, mode in modes.items()}
+
+    def train(run, _optimizer) -> None:
+        model, forward, optimizer, inputs, amp = run
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(forward(inputs), y)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(run, _optimizer) -> None:
+        model, forward, _, inputs, amp = run
+        model.eval()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            forward(inputs)
+
+    pairs = {key: (run, None) for key, run in runs.items()}
+    train_s = _round_robin(pairs, train, repeats, warmup, device)
+    eval_s = _round_robin(pairs, evaluate, repeats, warmup, device)
+    return {key: {"train": train_s[key], "eval": eval_s[key],
+                  "epoch": CIFAR_TRAIN_STEPS_PER_EPOCH * train_s[key] + CIFAR_EVAL_STEPS_PER_EPOCH * eval_s[key]}
+            for key in runs}
+
+
+def format_modes(results: dict[tuple[str, str], dict], arch: str) -> str:
+    tern = f"tern_{arch}"
+    base = results[arch, "fp32"]["train"]
+    lines = [f"| mode | {arch} train step (ms) | {tern} train step (ms) | ternary / full precision | "
+             f"speed-up vs fp32 (full precision) | CIFAR-10 epoch, full precision (s) | CIFAR-10 epoch, ternary (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(mode for _, mode in results):
+        fp, tq = results[arch, name], results[tern, name]
+        lines.append(f"| {name} | {1000 * fp['train']:.1f} | {1000 * tq['train']:.1f} | {tq['train'] / fp['train']:.3f}× | "
+                     f"{base / fp['train']:.2f}× | {fp['epoch']:.1f} | {tq['epoch']:.1f} |")
+    return "\n".join(lines)
+
+
 def format_table(results: dict[str, dict[str, float]], batch_size: int, memory: dict[str, float]) -> str:
     base = results["full precision"]
     lines = ["| variant | train step (ms) | train ratio | train img/s | eval (ms) | eval ratio | eval img/s | "
@@ -214,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_steps", type=int, default=30, help="training steps timed on the data pipeline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--modes_only", action="store_true",
+                        help="only the fp32 / bf16 / channels_last / compile table of ResNet-20")
     parser.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -224,6 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; torch {torch.__version__}; medians of {args.repeats} steps after {args.warmup} warm-up")
+    print("\nresnet20, batch 128, 32×32: precision, memory format and compilation"
+          + ("" if fast_bf16(device) else " (no fast bf16 on this device: bf16 rows left out)"))
+    print(format_modes(precision_modes("resnet20", args.repeats, args.warmup, device), "resnet20"))
+    if args.modes_only:
+        return
     resnet20_steps = None
     for arch, batch_size, image_size in args.models:
         results = benchmark(arch, batch_size, image_size, args.repeats, args.warmup, device)

@@ -7,16 +7,23 @@ an inert stub. Any other object, or a pickle that tries to call a function, is r
 """
 from __future__ import annotations
 
+import _compat_pickle
+import io
 import os
 import pickle
+import pickletools
 import tempfile
+import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from models import set_layer_bias_copies, set_layer_tfactors, use_reference_rel_bias
+
+from .errors import UserError, write_error
 
 
 class ReferenceRecorderStub:
@@ -35,29 +42,94 @@ def _safe_globals() -> list:
     return [(ReferenceRecorderStub, "utils.RecorderMeter"), *_numpy_array_globals()]
 
 
-_UNSAFE_MARKERS = ("Unsupported global", "unrecognized function", "Can only create new object", "is blocked")
+_BENIGN_GLOBALS = {"collections.OrderedDict", "utils.RecorderMeter", "torch.device", "torch.Size", "torch.dtype",
+                   "builtins.set", "builtins.frozenset", "builtins.slice", "builtins.bytearray", "_codecs.encode"}
+_BENIGN_PREFIXES = ("torch._utils._rebuild", "torch._tensor._rebuild", "numpy.")
 
 
-def _unpickler_reason(message: str) -> str:
-    """The specific reason inside torch's long weights_only error message."""
-    _, _, detail = message.partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in (detail or message).splitlines() if line.strip()]
-    return lines[0][:300] if lines else "unknown reason"
+def _is_benign(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    return (name in _BENIGN_GLOBALS or name.startswith(_BENIGN_PREFIXES)
+            or (module == "torch" and (attr.endswith("Storage") or isinstance(getattr(torch, attr, None), torch.dtype))))
+
+
+def _pickle_streams(path: str) -> list[bytes]:
+    """The pickled parts of a checkpoint: data.pkl of the zip format, or the whole legacy file."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return [archive.read(name) for name in archive.namelist() if name.endswith(".pkl")]
+    with open(path, "rb") as f:
+        return [f.read()]
+
+
+def _python3_name(module: str, name: str) -> str:
+    """A protocol-2 pickle names some globals by their Python 2 module (subprocess.check_call
+    is written as commands.check_call); report the name Python 3 resolves it to."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
+def _globals_in(data: bytes) -> list[str]:
+    """'module.name' of every global the pickles in `data` import, read from the opcodes
+    without unpickling (legacy files hold several pickles back to back, then raw bytes)."""
+    found, stream = [], io.BytesIO(data)
+    for _ in range(8):
+        recent: list = []
+        memo: dict = {}
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name in ("GLOBAL", "INST"):
+                    found.append(_python3_name(*arg.split(" ", 1)))
+                elif opcode.name == "STACK_GLOBAL" and len(recent) >= 2:
+                    found.append(_python3_name(str(recent[-2]), str(recent[-1])))
+                elif opcode.name == "MEMOIZE" and recent:
+                    memo[len(memo)] = recent[-1]
+                elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT") and recent:
+                    memo[arg] = recent[-1]
+                elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
+                    recent.append(memo.get(arg))
+                elif isinstance(arg, str):
+                    recent.append(arg)
+                if opcode.name == "STOP":
+                    break
+            else:
+                break
+        except Exception:  # the raw tensor bytes after the last pickle, or a damaged file
+            break
+    return found
+
+
+def unsafe_globals(path: str) -> list[str]:
+    """Globals imported by the checkpoint's pickles that are not tensors, containers or
+    the reference's recorder: what a safe loader must refuse (os.system, builtins.exec ...)."""
+    try:
+        streams = _pickle_streams(path)
+    except (OSError, zipfile.BadZipFile):
+        return []
+    return list(dict.fromkeys(name for data in streams for name in _globals_in(data) if not _is_benign(name)))
 
 
 def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint file safely. Raises UserError for a missing, corrupt or unsafe file."""
+    """Read a checkpoint file safely: torch.load(weights_only=True) rebuilds tensors and
+    plain containers only. A file it refuses is reported by the globals its pickle
+    imports (found by reading the opcodes, never by running them); a missing or damaged
+    file is a UserError too."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; give the checkpoint file inside it (e.g. {path}/checkpoint.pth.tar)")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(str(exc))
-        if any(marker in reason for marker in _UNSAFE_MARKERS):
-            raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain data "
-                            f"({reason})") from exc
-        raise UserError(f"cannot read checkpoint {path}: not a valid checkpoint file ({reason})") from exc
+        offending = unsafe_globals(path)
+        if offending:
+            names = ", ".join(offending[:3]) + (", ..." if len(offending) > 3 else "")
+            raise UserError(f"refusing to load {path}: it contains code or objects other than tensors and plain data "
+                            f"({names}); nothing in it was run") from exc
+        raise UserError(f"cannot read checkpoint {path}: the file is damaged or not a PyTorch checkpoint") from exc
     except Exception as exc:  # truncated zip, bad magic number, ...
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}") from exc
@@ -66,43 +138,95 @@ def load_checkpoint(path: str) -> dict:
     return dict(checkpoint)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def save_checkpoint(state: dict, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`, so a
-    crash mid-save leaves the previous file intact."""
+    """Serialise in memory, write to a temporary file in the same folder, fsync, then
+    rename over `path`: a crash or a full disk mid-save leaves the previous file intact.
+    A failed write is a UserError naming the file and the cause (no space, permission)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth.tar")
+    tmp_path = None
     try:
+        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth.tar")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from the user's group
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        if tmp_path is not None and os.path.exists(tmp_path):
             os.unlink(tmp_path)
-        raise
+
+
+def is_reference_checkpoint(checkpoint: Mapping) -> bool:
+    """Whether a checkpoint was written by the authors' reference code (their full
+    {epoch, arch, state_dict, recorder, optimizer} dict or a bare state_dict) rather than
+    by this project, whose checkpoints always record the threshold factors."""
+    return "tfactors" not in checkpoint
+
+
+def _strip_module(key: str) -> str:
+    if key == "module":
+        return ""
+    return key[len("module."):] if key.startswith("module.") else key
 
 
 def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint: {'state_dict': ...} or a bare state_dict, with
-    the "module." prefix of DataParallel / DistributedDataParallel stripped."""
+    the "module." prefix of DataParallel / DistributedDataParallel stripped. The
+    state_dict's version metadata is kept: it tells PyTorch how old the file is (e.g.
+    BatchNorm's num_batches_tracked did not exist before PyTorch 0.4.1)."""
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError("the checkpoint holds no state_dict of tensors")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    stripped = OrderedDict((_strip_module(k), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if isinstance(metadata, Mapping):
+        stripped._metadata = OrderedDict((_strip_module(k), v) for k, v in metadata.items())
+    return stripped
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load weights strictly; a mismatch is a UserError naming missing, unexpected and
-    wrongly shaped keys."""
+    """Load weights as strictly as PyTorch's own strict loading: a key PyTorch accepts as
+    absent (num_batches_tracked of a pre-0.4.1 file) is fine; a missing, unexpected or
+    wrongly shaped key is a UserError naming them, and the model is left unchanged."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
     wrong_shape = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
                    for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
-                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", wrong_shape)) if keys]
-        raise UserError(f"{source} does not fit the model: {'; '.join(parts)}")
-    model.load_state_dict(state_dict, strict=True)
+    if not wrong_shape:
+        backup = {k: v.clone() for k, v in own.items()}
+        result = model.load_state_dict(state_dict, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        if not missing and not unexpected:
+            return
+        model.load_state_dict(backup, strict=True)
+    else:
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+    parts = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
+             for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches", wrong_shape)) if keys]
+    raise UserError(f"{source} does not fit the model: {'; '.join(parts)}")
+
+
+def restore_model(model: nn.Module, checkpoint: Mapping, source: str) -> list[str]:
+    """Weights, per-layer threshold factors and REL bias rule of a checkpoint, into
+    `model`. A checkpoint of the authors' code keeps their REL rule (each branch adds
+    the bias); the names of the layers that rule applies to are returned."""
+    load_weights(model, extract_state_dict(checkpoint), source=source)
+    if is_reference_checkpoint(checkpoint):
+        return use_reference_rel_bias(model)
+    try:
+        if checkpoint["tfactors"]:
+            set_layer_tfactors(model, checkpoint["tfactors"])
+        set_layer_bias_copies(model, checkpoint.get("bias_copies") or {})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"{source}: {exc}") from exc
+    return []

@@ -3,16 +3,20 @@
 Small data sets (digits, MNIST, Fashion-MNIST, CIFAR-10/100) are held as one uint8
 tensor on the training device; TensorLoader draws batches from it and applies the
 reference's augmentation (random crop with zero padding, horizontal flip) and
-normalisation to whole batches at once. ImageNet uses torchvision's ImageFolder with
-worker processes.
+normalisation to whole batches at once. CIFAR comes from torchvision's pickled batches
+or from an image-folder copy (train/ and test/ class folders, detected by layout); a
+user's own image folder is the "folder" data set, whose classes, channels, size and
+normalisation come from its files. ImageNet uses torchvision's ImageFolder with worker
+processes.
 """
 from __future__ import annotations
 
 import gzip
 import os
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,11 +25,23 @@ import torchvision
 import torchvision.transforms as T
 
 from .errors import UserError
+from .image_folders import is_image_folder, load_image_folder
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_MEAN = tuple(x / 255 for x in (125.3, 123.0, 113.9))
 CIFAR_STD = tuple(x / 255 for x in (63.0, 62.1, 66.7))
+# Label order of the data sets: for both CIFARs it is the class names sorted alphabetically.
+CLASS_NAMES = {
+    "cifar10": "airplane automobile bird cat deer dog frog horse ship truck".split(),
+    "cifar100": """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+        camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+        dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard
+        lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
+        pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
+        shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
+        television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split(),
+}
 
 
 @dataclass(frozen=True)
@@ -47,13 +63,25 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(10, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar"),
     "cifar100": DatasetInfo(100, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar"),
     "imagenet": DatasetInfo(1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD, 0, True, "imagenet"),
+    # a user's image folder: everything but the recipe family comes from its files
+    "folder": DatasetInfo(0, 0, 0, (), (), 0, True, "small"),
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def dataset_info(name: str, data_path: str | None = None, log: Callable[[str], None] = print) -> DatasetInfo:
+    """The data set's shape and preprocessing. For "folder" it is read from the folder
+    at data_path (decoded once, then cached): its classes, channels, square image size,
+    per-channel mean/std of the training split, and a crop padding of size/8."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; valid datasets: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    if name != "folder" or data_path is None:
+        return DATASETS[name]
+    data = load_image_folder(data_path, None, log)
+    channels, height, width = data.x_train.shape[1:]
+    if height != width:
+        raise UserError(f"{data_path}: images are {width}×{height}; the models take square images")
+    return replace(DATASETS["folder"], num_classes=len(data.classes), in_channels=channels, image_size=height,
+                   mean=data.mean, std=data.std, crop_padding=max(1, height // 8))
 
 
 class TensorLoader:
@@ -155,17 +183,38 @@ def load_digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def read_idx(path: str) -> torch.Tensor:
-    """An IDX (MNIST-format) uint8 file, gzip-compressed or not, as a tensor."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        data = f.read()
+    """An IDX (MNIST-format) uint8 file, gzip-compressed or not, as a tensor. A damaged
+    file (cut-short header or gzip stream, payload shorter or longer than the header
+    says) is a UserError naming it."""
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise UserError(f"cannot read {path}: {'the gzip stream is cut short or damaged' if path.endswith('.gz') else exc}") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise UserError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"{path}: its header is cut short ({len(data)} bytes for a {ndim}-dimensional header)")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if payload.size != int(np.prod(shape)):
-        raise UserError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {payload.size}")
+    expected = int(np.prod(shape))
+    if payload.size < expected:
+        raise UserError(f"{path} is truncated: expected {expected} values, found {payload.size}")
+    if payload.size > expected:
+        raise UserError(f"{path} has {payload.size - expected} bytes more than its header describes (shape {shape})")
     return torch.from_numpy(payload.copy()).view(*shape)
+
+
+def check_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, source: str) -> None:
+    """Images (N, C, H, W) with one label in [0, num_classes) each, or a UserError naming `source`."""
+    if images.dim() != 4:
+        raise UserError(f"{source}: expected images of shape (N, H, W) or (N, C, H, W), found {tuple(images.shape)}")
+    if labels.dim() != 1 or len(labels) != len(images):
+        raise UserError(f"{source}: {len(images)} images but {labels.numel()} labels")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise UserError(f"{source}: label {int(bad)} is outside the {num_classes} classes 0..{num_classes - 1}")
 
 
 _MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -190,6 +239,14 @@ def load_mnist_like(name: str, data_path: str) -> tuple[torch.Tensor, ...]:
         paths = [_find_idx(directory, stem) for split in ("train", "test") for stem in _MNIST_FILES[split]]
         if all(paths):
             x_train, y_train, x_test, y_test = map(read_idx, paths)
+            for images, path in ((x_train, paths[0]), (x_test, paths[2])):
+                if images.dim() != 3:
+                    raise UserError(f"{path}: expected images of shape (N, H, W), found {tuple(images.shape)}")
+            for labels, path in ((y_train, paths[1]), (y_test, paths[3])):
+                if labels.dim() != 1:
+                    raise UserError(f"{path}: expected one label per image, found shape {tuple(labels.shape)}")
+            check_split(x_train[:, None], y_train.long(), 10, f"{paths[0]} with {paths[1]}")
+            check_split(x_test[:, None], y_test.long(), 10, f"{paths[2]} with {paths[3]}")
             return x_train[:, None], y_train.long(), x_test[:, None], y_test.long()
     dataset_class = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
     train = _torchvision_dataset(dataset_class, data_path, train=True, label=name)
@@ -210,7 +267,15 @@ def _torchvision_dataset(dataset_class, root: str, train: bool, label: str):
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 
-def load_cifar(name: str, data_path: str) -> tuple[torch.Tensor, ...]:
+def load_cifar(name: str, data_path: str, log: Callable[[str], None] = print) -> tuple[torch.Tensor, ...]:
+    """CIFAR from an image-folder copy at data_path (class folders named as the data
+    set's classes) or from torchvision's pickled batches (downloaded when missing)."""
+    if is_image_folder(data_path):
+        data = load_image_folder(data_path, CLASS_NAMES[name], log)
+        x_train, x_test = (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x for x in (data.x_train, data.x_test))
+        if x_train.shape[2:] != (32, 32):
+            raise UserError(f"{data_path}: {name} images are 32×32, these are {x_train.shape[3]}×{x_train.shape[2]}")
+        return x_train, data.y_train, x_test, data.y_test
     dataset_class = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
     train = _torchvision_dataset(dataset_class, data_path, train=True, label=name)
     test = _torchvision_dataset(dataset_class, data_path, train=False, label=name)
@@ -286,12 +351,13 @@ def random_subset(size: int, subset: int | None, seed: int) -> torch.Tensor | No
 
 def build_loaders(name: str, data_path: str, batch_size: int, device: torch.device, seed: int = 0,
                   workers: int = 4, subset: int | None = None, include_train: bool = True, rank: int = 0,
-                  world_size: int = 1) -> tuple[TensorLoader | ImageFolderLoader | None, TensorLoader | ImageFolderLoader]:
+                  world_size: int = 1, log: Callable[[str], None] = print
+                  ) -> tuple[TensorLoader | ImageFolderLoader | None, TensorLoader | ImageFolderLoader]:
     """(train loader, test loader) for a data set; both have set_epoch and dataset_size.
     `subset` trains on a seeded random subset of the training split; with
     include_train=False (evaluation) the train loader is None and ImageNet's train
     folder is not scanned. `batch_size` is per process; rank/world_size shard both splits."""
-    info = dataset_info(name)
+    info = dataset_info(name, data_path, log)
     shard = dict(rank=rank, world_size=world_size)
     if name == "imagenet":
         train, test = load_imagenet(data_path, batch_size, workers, device.type == "cuda", seed, include_train, subset,
@@ -301,9 +367,14 @@ def build_loaders(name: str, data_path: str, batch_size: int, device: torch.devi
         arrays = load_digits()
     elif name in ("mnist", "fashion_mnist"):
         arrays = load_mnist_like(name, data_path)
+    elif name == "folder":
+        data = load_image_folder(data_path, None, log)
+        arrays = data.x_train, data.y_train, data.x_test, data.y_test
     else:
-        arrays = load_cifar(name, data_path)
+        arrays = load_cifar(name, data_path, log)
     x_train, y_train, x_test, y_test = arrays
+    check_split(x_train, y_train, info.num_classes, f"{name} training split")
+    check_split(x_test, y_test, info.num_classes, f"{name} test split")
     test = TensorLoader(x_test, y_test, info, batch_size, train=False, device=device, seed=seed, **shard)
     if not include_train:
         return None, test

@@ -130,7 +130,11 @@ def decode_ternary(digits: np.ndarray, alphas: list[float], shape: list[int]) ->
 def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[bytes]]:
     entries, blobs = [], []
     ternary = {f"{name}.weight" if name else "weight": layer for name, layer in ternary_layers(model)}
+    # a reference REL layer adds its bias once per branch: the file holds the bias it applies
+    applied_biases = {f"{name}.bias" if name else "bias": layer.applied_bias()
+                      for name, layer in ternary_layers(model) if layer.bias_copies != 1}
     for key, tensor in model.state_dict().items():
+        tensor = applied_biases.get(key, tensor)
         entry = {"name": key, "shape": list(tensor.shape)}
         if key in ternary:
             layer = ternary[key]

@@ -11,6 +11,22 @@ import torch.nn as nn
 
 from models.ternary import layer_stats, ternary_layers
 
+from .errors import write_error
+
+
+class LogFileHandler(logging.FileHandler):
+    """log.txt; when it cannot be written (full disk, folder gone) it says so once on
+    stderr and stops writing, instead of printing a traceback for every message."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not getattr(self, "failed", False):
+            self.failed = True
+            print(f"warning: cannot write {self.baseFilename} any more; logging to the console only", file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(self, "failed", False):
+            super().emit(record)
+
 
 def make_logger(save_path: str | None, name: str = "ternary", quiet: bool = False) -> logging.Logger:
     """A logger that prints to stdout and, with a save_path, appends to save_path/log.txt.
@@ -25,7 +41,10 @@ def make_logger(save_path: str | None, name: str = "ternary", quiet: bool = Fals
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     if save_path:
-        handler = logging.FileHandler(os.path.join(save_path, "log.txt"))
+        try:
+            handler = LogFileHandler(os.path.join(save_path, "log.txt"))
+        except OSError as exc:
+            raise write_error(os.path.join(save_path, "log.txt"), exc) from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(handler)
     return logger
@@ -41,6 +60,13 @@ class TensorBoardLog:
         self.writer = SummaryWriter(os.path.join(save_path, "tb_log"))
 
     def epoch(self, epoch: int, record: dict, model: nn.Module) -> None:
+        try:
+            self._epoch(epoch, record, model)
+        except OSError as exc:
+            self.close()
+            raise write_error(self.writer.logdir, exc) from None
+
+    def _epoch(self, epoch: int, record: dict, model: nn.Module) -> None:
         for split in ("train", "val"):
             for metric in ("loss", "top1", "top5"):
                 key = f"{split}_{metric}"
@@ -55,15 +81,24 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        """Close the event file; when that write fails too, mark it closed so tensorboardX's
+        exit handler does not try again (and print a traceback)."""
+        try:
+            self.writer.close()
+        except OSError:
+            for file_writer in (self.writer.all_writers or {}).values():
+                file_writer.event_writer._closed = True
+            self.writer.all_writers = None
 
 
 def plot_curves(history: list[dict], path: str, title: str = "") -> None:
-    """Accuracy (left axis) and loss (right axis) per epoch, train and val, as a PNG."""
+    """Accuracy (left axis) and loss (right axis, log scale: a loss spike and the late
+    small losses both stay readable) per epoch, train and val, as a PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, acc_axis = plt.subplots(figsize=(8, 5))
@@ -73,20 +108,38 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
     loss_axis.plot(epochs, [r["train_loss"] for r in history], "g:", label="train loss")
     loss_axis.plot(epochs, [r["val_loss"] for r in history], "y:", label="val loss")
     acc_axis.set_xlabel("epoch")
+    acc_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_axis.set_ylabel("accuracy (%)")
-    loss_axis.set_ylabel("loss")
+    loss_axis.set_yscale("log")
+    loss_axis.set_ylabel("loss (log scale)")
     acc_axis.set_ylim(0, 100)
     acc_axis.grid(alpha=0.3)
     handles = acc_axis.get_legend_handles_labels()[0] + loss_axis.get_legend_handles_labels()[0]
     acc_axis.legend(handles, [h.get_label() for h in handles], loc="center right")
     acc_axis.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    temporary = f"{path}.tmp.png"
+    try:
+        fig.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        plt.close(fig)
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def write_json(data: dict, path: str) -> None:
+    """Write `data` as JSON atomically (temporary file, then rename); a failed write is a
+    UserError naming the file and the cause, and leaves the previous file intact."""
     tmp_path = path + ".tmp"
-    with open(tmp_path, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp_path, path)
+    try:
+        with open(tmp_path, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -48,6 +49,8 @@ class Run:
     epochs: int | None
     epochs_done: int
     best_top1: float | None
+    final_top1: float | None
+    precision: str  # "fp32", "bf16", "float16": the autocast dtype of the run
     weight_compression: float | None
     sparsity: float | None
     wall_time_s: float | None
@@ -76,19 +79,24 @@ def read_run(folder: str) -> Run | None:
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         if os.path.isfile(os.path.join(folder, "checkpoint.pth.tar")):
-            return Run(folder, "?", os.path.basename(folder), None, "partial", None, 0, None, None, None, None)
+            return Run(folder, "?", os.path.basename(folder), None, "partial", None, 0, None, None, "?", None, None,
+                       None)
         return None
     with open(path) as f:
         results = json.load(f)
-    label, seed = config_label(results), results.get("args", {}).get("manualSeed")
+    args = results.get("args", {})
+    label, seed = config_label(results), args.get("manualSeed")
+    precision = {"bfloat16": "bf16", "float16": "fp16"}[args.get("amp_dtype", "bfloat16")] if args.get("amp") else "fp32"
     if results.get("mode") == "evaluate":  # e.g. pretrained full-precision weights, evaluated only
         return Run(folder, results.get("dataset", "?"), label, seed, "complete", 0, 0, results.get("top1"),
-                   results.get("weight_compression"), results.get("sparsity"), results.get("wall_time_s"))
+                   results.get("top1"), precision, results.get("weight_compression"), results.get("sparsity"),
+                   results.get("wall_time_s"))
     history = results.get("history", [])
     epochs = results.get("epochs")
     status = results.get("status") or ("complete" if len(history) >= (epochs or 0) else "running")
     return Run(folder, results.get("dataset", "?"), label, seed, "complete" if status == "complete" else "partial",
-               epochs, len(history), results.get("best_top1"), results.get("weight_compression"),
+               epochs, len(history), results.get("best_top1"), results.get("final_top1"), precision,
+               results.get("weight_compression"),
                results.get("sparsity"), results.get("wall_time_s"), history)
 
 
@@ -111,14 +119,26 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def full_precision_twin(config: str) -> str | None:
+    """The full-precision arch a ternarized config is compared with: tern_resnet20 (any
+    options) → resnet20, resnet18b_ff_lf_tex1 → resnet18, tern_alexnet_* → alexnet_vanilla."""
+    arch = config.split()[0]
+    if "alexnet" in arch:
+        return None if arch == "alexnet_vanilla" else "alexnet_vanilla"
+    depth = re.search(r"resnet(\d+)", arch)
+    twin = f"resnet{depth.group(1)}" if depth else None
+    return None if twin == config else twin
+
+
 def report_rows(runs: list[Run]) -> list[dict]:
-    """One row per (dataset, config): complete seeds aggregated, partial runs counted,
-    paper configurations of the data sets present that have no run at all."""
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        groups.setdefault((run.dataset, run.config), []).append(run)
+    """One row per (dataset, config, epochs, precision): complete seeds aggregated, partial runs counted,
+    paper configurations of the data sets present that have no run at all. A ternarized
+    row also gets its gap to the full-precision twin trained for as many epochs."""
+    groups: dict[tuple[str, str, int, str], list[Run]] = {}
+    for run in runs:  # runs differing only in their seed
+        groups.setdefault((run.dataset, run.config, run.epochs or 0, run.precision), []).append(run)
     rows = []
-    for (dataset, config), group in sorted(groups.items()):
+    for (dataset, config, _, _), group in sorted(groups.items()):
         complete = [r for r in group if r.status == "complete"]
         partial = [r for r in group if r.status != "complete"]
         top1 = [r.best_top1 for r in complete if r.best_top1 is not None]
@@ -130,16 +150,24 @@ def report_rows(runs: list[Run]) -> list[dict]:
             "dataset": dataset, "config": config, "seeds": sorted(r.seed for r in complete if r.seed is not None),
             "top1": _mean_std(top1), "top1_mean": statistics.mean(top1) if top1 else None,
             "paper": paper, "diff": statistics.mean(top1) - paper if top1 and paper is not None else None,
+            "final": _mean_std([r.final_top1 for r in complete if r.final_top1 is not None]),
+            "precision": "/".join(sorted({r.precision for r in reference})),
             "epochs": reference[0].epochs, "status": status,
             "compression": reference[0].weight_compression, "sparsity": reference[0].sparsity,
             "wall_time_s": statistics.mean([r.wall_time_s for r in complete]) if complete else None,
         })
-    datasets = {dataset for dataset, _ in groups}
+    means = {(row["dataset"], row["config"], row["epochs"], row["precision"]): row["top1_mean"] for row in rows}
+    for row in rows:
+        twin = means.get((row["dataset"], full_precision_twin(row["config"]), row["epochs"], row["precision"]))
+        row["vs_fp"] = None if twin is None or row["top1_mean"] is None else row["top1_mean"] - twin
+    datasets = {dataset for dataset, *_ in groups}
+    configs = {(dataset, config) for dataset, config, *_ in groups}
     for (dataset, config), paper in PAPER_TOP1.items():
-        if dataset in datasets and (dataset, config) not in groups:
+        if dataset in datasets and (dataset, config) not in configs:
             rows.append({"dataset": dataset, "config": config, "seeds": [], "top1": "—", "top1_mean": None,
-                         "paper": paper, "diff": None, "epochs": None, "status": "not run", "compression": None,
-                         "sparsity": None, "wall_time_s": None})
+                         "final": "—", "precision": "—", "vs_fp": None, "paper": paper, "diff": None,
+                         "epochs": None, "status": "not run", "compression": None, "sparsity": None,
+                         "wall_time_s": None})
     return rows
 
 
@@ -147,15 +175,15 @@ def format_rows(rows: list[dict]) -> str:
     def number(value, fmt):
         return "—" if value is None else format(value, fmt)
 
-    lines = ["| data set | model | top-1 % (mean ± std) | paper top-1 % | difference | seeds | epochs | "
-             "weight compression | zeros | wall time / run | runs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data set | model | best top-1 % (mean ± std) | final top-1 % | vs full precision | paper top-1 % | "
+             "difference to paper | seeds | epochs | precision | weight compression | zeros | wall time / run | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         sparsity = None if row["sparsity"] is None else 100 * row["sparsity"]
         lines.append(
-            f"| {row['dataset']} | {row['config']} | {row['top1']} | {number(row['paper'], '.2f')} | "
-            f"{number(row['diff'], '+.2f')} | {len(row['seeds']) or '—'} | "
-            f"{'evaluated' if row['epochs'] == 0 else row['epochs'] or '—'} | "
+            f"| {row['dataset']} | {row['config']} | {row['top1']} | {row['final']} | {number(row['vs_fp'], '+.2f')} | "
+            f"{number(row['paper'], '.2f')} | {number(row['diff'], '+.2f')} | {len(row['seeds']) or '—'} | "
+            f"{'evaluated' if row['epochs'] == 0 else row['epochs'] or '—'} | {row['precision']} | "
             f"{number(row['compression'], '.1f')}{'×' if row['compression'] else ''} | "
             f"{number(sparsity, '.1f')}{'%' if sparsity is not None else ''} | "
             f"{number(row['wall_time_s'], '.0f')}{' s' if row['wall_time_s'] is not None else ''} | {row['status']} |")

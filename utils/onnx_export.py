@@ -1,0 +1,143 @@
+"""ONNX export of ternarized networks, and evaluation of ONNX files with onnxruntime.
+
+The graph is torch.onnx's export (dynamo, opset 21, dynamic batch axis, BatchNorm kept)
+of the model's inference twin (every ternary layer a plain Conv/Gemm holding Σ_k T_k(W)).
+Each ternary weight initializer is then replaced by its codes: for each REL branch k an
+int4 tensor of codes c_k = sign(W)·[|W| ≥ Δ_k] in {-1, 0, +1} with scale α_k, dequantized
+by a standard DequantizeLinear node, and the t_ex dequantized branches summed by Add
+nodes into the weight the Conv/Gemm reads — the QDQ weight form that runtimes and graph
+tools understand. Since α_k·c is exact in float32 and the branches are added in the
+order PyTorch adds them, the dequantized weight equals the PyTorch effective weight bit
+for bit. int4 is the smallest integer type onnxruntime executes for DequantizeLinear
+(its int2 kernel was checked here and gives wrong values). Full-precision layers,
+BatchNorm and biases stay float32; a REL layer of an authors' checkpoint stores the
+t_ex·b it applies.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.ternary import inference_twin, ternary_branches, ternary_layers
+
+from .errors import UserError, write_error
+
+OPSET = 21  # the first opset whose DequantizeLinear takes int4
+
+
+def is_onnx_file(path: str) -> bool:
+    return path.lower().endswith(".onnx")
+
+
+def _branch_codes(layer) -> list[tuple[np.ndarray, float]]:
+    """(int8 codes in {-1, 0, 1}, α_k) of every REL branch of a ternary layer."""
+    sign = torch.sign(layer.weight.detach().float())
+    return [((sign * mask).to(torch.int8).numpy(), float(alpha)) for alpha, mask in
+            ternary_branches(layer.weight, layer.tfactors)]
+
+
+def _torch_export(model: nn.Module, path: str, input_shape: tuple[int, int, int]) -> None:
+    example = torch.zeros(2, *input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), path, dynamo=True, optimize=False, opset_version=OPSET,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+
+
+def _quantize_weights(graph, codes: dict[str, list[tuple[np.ndarray, float]]]) -> None:
+    """Replace each ternary weight initializer by its DequantizeLinear branches (see the module docstring)."""
+    import ml_dtypes
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    nodes = []
+    for weight_name, branches in codes.items():
+        if weight_name not in initializers:
+            raise RuntimeError(f"the exported graph has no initializer {weight_name}")
+        graph.initializer.remove(initializers[weight_name])
+        outputs = []
+        for k, (code, alpha) in enumerate(branches):
+            stem = f"{weight_name}.branch{k}"
+            graph.initializer.extend([  # int4 codes, two per byte
+                numpy_helper.from_array(code.astype(ml_dtypes.int4), f"{stem}.codes"),
+                numpy_helper.from_array(np.array(alpha, dtype=np.float32), f"{stem}.alpha"),
+                numpy_helper.from_array(np.zeros((), dtype=ml_dtypes.int4), f"{stem}.zero"),
+            ])
+            outputs.append(weight_name if len(branches) == 1 else f"{stem}.value")
+            nodes.append(helper.make_node("DequantizeLinear", [f"{stem}.codes", f"{stem}.alpha", f"{stem}.zero"],
+                                          [outputs[-1]], name=f"{stem}.dequantize"))
+        total = outputs[0]
+        for k, branch in enumerate(outputs[1:], 1):
+            total_name = weight_name if k == len(outputs) - 1 else f"{weight_name}.sum{k}"
+            nodes.append(helper.make_node("Add", [total, branch], [total_name], name=f"{weight_name}.add{k}"))
+            total = total_name
+    for inp in [i for i in graph.input if i.name in codes]:
+        graph.input.remove(inp)
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + existing)
+
+
+def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int]) -> dict:
+    """Write `model` (eval semantics) as ONNX with low-bit ternary weights; returns
+    {"bytes": file size, "ternary_layers", "fp32_bytes": the size of the same graph with
+    float32 weights}."""
+    import onnx
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError(f"cannot write {path}: the folder does not exist")
+    codes = {f"{name}.weight" if name else "weight": _branch_codes(layer) for name, layer in ternary_layers(model)}
+    twin = inference_twin(model).cpu().float()
+    staging = f"{path}.tmp-{os.getpid()}"  # torch.onnx writes the weights beside it, as staging.data
+    try:
+        _torch_export(twin, staging, input_shape)
+        proto = onnx.load(staging)
+        for node in proto.graph.node:  # the exporter's per-node stack traces: most of a small model's bytes
+            del node.metadata_props[:]
+            node.doc_string = ""
+        fp32_bytes = proto.ByteSize()
+        _quantize_weights(proto.graph, codes)
+        proto.producer_name = "ternarized-cnn"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, staging)
+        os.replace(staging, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        for leftover in (staging, f"{staging}.data"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return {"bytes": os.path.getsize(path), "ternary_layers": len(codes), "fp32_bytes": fp32_bytes}
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file run by onnxruntime (CPU), called like the PyTorch model: float32
+    images (N, C, H, W) in, logits out, as torch tensors."""
+
+    def __init__(self, path: str, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise UserError(f"cannot load {path} with onnxruntime ({str(exc).splitlines()[0][:200]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+            raise UserError(f"{path} is not an image classifier (one (N, C, H, W) input, one output)")
+        self.input_name = inputs[0].name
+        self.input_shape = tuple(inputs[0].shape[1:])  # (C, H, W); entries may be symbolic
+        self.num_classes = outputs[0].shape[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().contiguous().cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
