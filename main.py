@@ -46,7 +46,9 @@ RECIPES = {
                   schedule=[80, 120, 160], gammas=[0.1, 0.1, 0.5]),
     "imagenet": dict(epochs=50, optimizer="Adam", learning_rate=1e-4, decay=5e-6, batch_size=256,
                      schedule=[30, 40, 45], gammas=[0.2, 0.2, 0.5]),
-    "small": dict(epochs=20, optimizer="SGD", learning_rate=0.1, decay=3e-4, batch_size=128,
+    # the CIFAR recipe shortened; batch 64 at lr 0.05, as 12 steps per epoch at lr 0.1 (digits) made
+    # BatchNorm's running statistics lag the weights and the test accuracy swing (96% → 47% → 96%)
+    "small": dict(epochs=20, optimizer="SGD", learning_rate=0.05, decay=3e-4, batch_size=64,
                   schedule=[8, 12, 16], gammas=[0.1, 0.1, 0.5]),
 }
 

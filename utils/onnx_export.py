@@ -83,8 +83,9 @@ def _quantize_weights(graph, codes: dict[str, list[tuple[np.ndarray, float]]]) -
     graph.node.extend(nodes + existing)
 
 
-def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int]) -> dict:
-    """Write `model` (eval semantics) as ONNX with low-bit ternary weights; returns
+def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int], ternary_codes: bool = True) -> dict:
+    """Write `model` (eval semantics) as ONNX with low-bit ternary weights (ternary_codes=False:
+    every weight as float32, e.g. as the input of onnxruntime's int8 quantizer); returns
     {"bytes": file size, "ternary_layers", "fp32_bytes": the size of the same graph with
     float32 weights}."""
     import onnx
@@ -92,7 +93,8 @@ def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int]) 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UserError(f"cannot write {path}: the folder does not exist")
-    codes = {f"{name}.weight" if name else "weight": _branch_codes(layer) for name, layer in ternary_layers(model)}
+    codes = {f"{name}.weight" if name else "weight": _branch_codes(layer) for name, layer in ternary_layers(model)
+             if ternary_codes}
     twin = inference_twin(model).cpu().float()
     staging = f"{path}.tmp-{os.getpid()}"  # torch.onnx writes the weights beside it, as staging.data
     try:
@@ -116,6 +118,17 @@ def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int]) 
     return {"bytes": os.path.getsize(path), "ternary_layers": len(codes), "fp32_bytes": fp32_bytes}
 
 
+def _quantizes_activations(path: str) -> bool:
+    """Whether the ONNX file quantizes activations (has QuantizeLinear nodes), e.g. an int8 model."""
+    import onnx
+
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:  # unreadable: onnxruntime reports it below
+        return False
+    return any(node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for node in graph.node)
+
+
 class OnnxModel(nn.Module):
     """An ONNX file run by onnxruntime (CPU), called like the PyTorch model: float32
     images (N, C, H, W) in, logits out, as torch tensors."""
@@ -127,6 +140,10 @@ class OnnxModel(nn.Module):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not _quantizes_activations(path):
+            # Only weights are dequantized: let onnxruntime fold them into float32 constants once
+            # instead of keeping the DequantizeLinear nodes for int8 kernel fusion and running them per call.
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
