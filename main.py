@@ -1,13 +1,18 @@
 """Train, fine-tune and evaluate ternarized CNNs (He, Gong & Fan, WACV 2019).
 
     python main.py                                   # tern_resnet20 on the embedded digits set, offline
-    python main.py --dataset cifar10 --arch tern_resnet20 --data_path data/
+    python main.py --dataset cifar10 --arch tern_resnet20 --data_path data/cifar10-jpeg --amp --channels_last
+    python main.py --dataset folder --data_path my_images/        # train/<class>/*.png and test/<class>/*.png
     python main.py --dataset imagenet --arch resnet18b_ff_lf_tex1 --data_path /imagenet --pretrained resnet18.pth
-    python main.py --dataset cifar10 --arch tern_resnet20 --evaluate --resume save/cifar10_tern_resnet20/model_best.pth.tar
+    python main.py --dataset cifar10 --data_path data/ --evaluate --resume save/X/model_best.pth.tar
+    python main.py --resume save/X/checkpoint.pth.tar                   # continue a run with its own settings
+    python main.py --resume save/X/model_best.pth.tar --export model.onnx   # or model.tern
 
 Unset optimisation flags (--epochs, --optimizer, --learning_rate, --decay, --batch_size,
 --schedule, --gammas) take the paper's recipe for the data set: CIFAR from scratch with
-SGD, ImageNet fine-tuning with Adam, a shortened CIFAR recipe for digits/(Fashion-)MNIST.
+SGD, ImageNet fine-tuning with Adam, a shortened CIFAR recipe for digits/(Fashion-)MNIST
+and image folders. Failures end in one line `error: ...` and exit 2; SIGTERM/SIGINT stop
+at a step boundary with a resumable checkpoint (exit 143/130).
 """
 from __future__ import annotations
 
