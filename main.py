@@ -584,10 +584,10 @@ def claim_folder(args: argparse.Namespace, context: DistributedContext):
     return claim_run_folder(args.save_path, mode, resuming=resuming, overwrite=args.overwrite)
 
 
-def read_resume_checkpoint(args: argparse.Namespace, packed: bool, log) -> dict | None:
-    """The --resume checkpoint (not a packed file); for a continued run, its settings become
-    the run's and, without --save_path, its folder the output folder."""
-    if not args.resume or packed:
+def read_resume_checkpoint(args: argparse.Namespace, inference_file: bool, log) -> dict | None:
+    """The --resume checkpoint (not a packed or ONNX file); for a continued run, its
+    settings become the run's and, without --save_path, its folder the output folder."""
+    if not args.resume or inference_file:
         return None
     checkpoint = load_checkpoint(args.resume)
     if not (args.evaluate or args.fine_tune or args.export):
@@ -597,34 +597,52 @@ def read_resume_checkpoint(args: argparse.Namespace, packed: bool, log) -> dict 
     return checkpoint
 
 
+def resume_kind(args: argparse.Namespace) -> str | None:
+    """What --resume names: "onnx", "packed" (.tern), "checkpoint", or None."""
+    if not args.resume:
+        return None
+    if is_onnx_file(args.resume):
+        if not os.path.isfile(args.resume):
+            raise UserError(f"ONNX file not found: {args.resume}")
+        return "onnx"
+    if os.path.isfile(args.resume) and is_packed_file(args.resume):
+        if not args.evaluate:
+            raise UserError(f"{args.resume} is a packed inference file: use it with --evaluate")
+        return "packed"
+    return "checkpoint"
+
+
+def start_logging(args: argparse.Namespace, device: torch.device, context: DistributedContext, notes: list[str]):
+    logger = make_logger(args.save_path if context.is_main else None, quiet=not context.is_main)
+    for note in notes:
+        logger.info(note)
+    logger.info(f"{args.arch} on {args.dataset}, device {device}"
+                + (f", {context.world_size} processes" if context.enabled else "") + f", saving to {args.save_path}")
+    log_precision_hint(args, device, logger)
+    return logger
+
+
+def evaluate_onnx_file(args: argparse.Namespace, logger, started: float) -> None:
+    model = load_onnx_model(args, logger)
+    _, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, torch.device("cpu"),
+                                   seed=args.manualSeed, workers=args.workers, include_train=False, log=logger.info)
+    run_onnx_evaluation(args, model, test_loader, logger, started)
+
+
 def run(args: argparse.Namespace, stop: StopSignals) -> None:
+    """parse → data → model → optimizer → loop → save, for training, evaluation and export."""
     started = time.time()
     device, context = select_rank_device(args)
-    onnx_file = bool(args.resume) and is_onnx_file(args.resume)
-    if onnx_file and not os.path.isfile(args.resume):
-        raise UserError(f"ONNX file not found: {args.resume}")
-    packed = bool(args.resume) and not onnx_file and os.path.isfile(args.resume) and is_packed_file(args.resume)
-    if packed and not args.evaluate:
-        raise UserError(f"{args.resume} is a packed inference file: use it with --evaluate")
+    kind = resume_kind(args)
     notes: list[str] = []
-    checkpoint = read_resume_checkpoint(args, packed or onnx_file, notes.append)
+    checkpoint = read_resume_checkpoint(args, kind != "checkpoint", notes.append)
     with claim_folder(args, context):
-        logger = make_logger(args.save_path if context.is_main else None, quiet=not context.is_main)
-        for note in notes:
-            logger.info(note)
+        logger = start_logging(args, device, context, notes)
         seed_everything(args.manualSeed)
-        logger.info(f"{args.arch} on {args.dataset}, device {device}"
-                    + (f", {context.world_size} processes" if context.enabled else "")
-                    + f", saving to {args.save_path}")
-        log_precision_hint(args, device, logger)
-        if onnx_file:
-            model = load_onnx_model(args, logger)
-            _, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, torch.device("cpu"),
-                                           seed=args.manualSeed, workers=args.workers, include_train=False,
-                                           log=logger.info)
-            run_onnx_evaluation(args, model, test_loader, logger, started)
+        if kind == "onnx":
+            evaluate_onnx_file(args, logger, started)
             return
-        model = load_packed_model(args, device, logger) if packed else build_model(args, device, logger)
+        model = load_packed_model(args, device, logger) if kind == "packed" else build_model(args, device, logger)
         optimizer = make_optimizer(args, model)
         scheduler = make_scheduler(args, optimizer)
         state = TrainingState(args.start_epoch)
@@ -644,7 +662,7 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
         logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters; {test_loader.dataset_size} test "
                     "images" + (f", {train_loader.dataset_size} train images" if train_loader else ""))
         if args.evaluate:
-            run_evaluation(args, model, test_loader, device, context, packed, logger, started)
+            run_evaluation(args, model, test_loader, device, context, kind == "packed", logger, started)
             return
         train(args, model, optimizer, scheduler, state, train_loader, test_loader, device, context, logger, stop,
               started)
