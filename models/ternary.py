@@ -128,11 +128,14 @@ class TernaryLayerMixin:
         return ternary_weight(self.weight, self.tfactors)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight used by forward: differentiable when autograd needs it, cached otherwise."""
+        """The weight used by forward: differentiable when autograd needs it, cached otherwise
+    (inside torch.compile recomputed in the compiled graph instead)."""
         if torch.is_grad_enabled() and self.weight.requires_grad:
             self._cache_key = None
             self._cached_weight = None
             return _TernarizeSTE.apply(self.weight, self.tfactors)
+        if torch.compiler.is_compiling():  # a guard on the cache key would recompile after every weight update
+            return ternary_weight(self.weight, self.tfactors)
         key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device, self.tfactors)
         if key != self._cache_key:
             self._cached_weight = ternary_weight(self.weight, self.tfactors)

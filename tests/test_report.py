@@ -140,3 +140,19 @@ def test_imagenet_script_dry_run(tmp_path):
     assert f"--pretrained {weights}/resnet18.pth" in lines[1] and "--optimizer Adam" in lines[1]
     assert "--pretrained torchvision" in lines[2]  # no local resnet34.pth: torchvision's download
     assert "--pretrained" not in lines[3] and "trains from scratch" in err
+
+
+def test_gap_report_compares_two_runs(tmp_path, capsys):
+    import main
+    from utils import gap_report
+
+    for arch in ("resnet20", "tern_resnet20"):
+        assert main.main(["--arch", arch, "--epochs", "2", "--subset", "256", "--save_path", str(tmp_path / arch)]) == 0
+    capsys.readouterr()
+    gap_report.main([str(tmp_path / "resnet20"), str(tmp_path / "tern_resnet20"), "--dataset", "digits",
+                     "--calibration", "256"])
+    out = capsys.readouterr().out
+    assert "full precision: model_best from epoch" in out and "ternarized: model_best from epoch" in out
+    assert "latent weights with |W| >= 1" in out and "after recomputing BatchNorm statistics on 256" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 1  # the last epoch's row of the side-by-side history

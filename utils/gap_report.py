@@ -1,0 +1,87 @@
+"""Why a ternarized run trails its full-precision twin: three checks on two finished runs.
+
+    python -m utils.gap_report save/cifar10/fp_resnet20_seed5000 save/cifar10/tern_resnet20_seed5000 \\
+        --dataset cifar10 --data_path data/cifar10-jpeg
+
+1. the straight-through estimator's clip: the share of latent weights with |W| ≥ 1, where
+   no gradient passes;
+2. BatchNorm's stored statistics: test top-1 of model_best as saved and after recomputing
+   the running statistics on --calibration un-augmented training images;
+3. the schedule: validation top-1, training loss and training top-1 of both runs at
+   equal epochs (from results.json), which tells under- from overfitting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+import models
+from utils.checkpoint import load_checkpoint, restore_model
+from utils.data import build_loaders, dataset_info
+
+
+def test_top1(model: nn.Module, loader) -> float:
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for images, target in loader:
+            hits += int((model(images).argmax(1) == target).sum())
+    return 100.0 * hits / loader.dataset_size
+
+
+def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 500) -> nn.Module:
+    """Running mean/var of every BatchNorm as the exact average over `images` (normalised)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            model(images[start:start + batch])
+    return model.eval()
+
+
+def load_run_model(folder: str, dataset: str, data_path: str) -> tuple[nn.Module, dict]:
+    path = os.path.join(folder, "model_best.pth.tar")
+    checkpoint = load_checkpoint(path)
+    info = dataset_info(dataset, data_path)
+    model = models.get_model(checkpoint["arch"], num_classes=info.num_classes, in_channels=info.in_channels)
+    restore_model(model, checkpoint, path)
+    return model, checkpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("full_precision", help="folder of the full-precision run")
+    parser.add_argument("ternarized", help="folder of the ternarized run")
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--data_path", default="./data/cifar10")
+    parser.add_argument("--calibration", type=int, default=20000, help="training images for recomputing BatchNorm")
+    args = parser.parse_args(argv)
+    train, test = build_loaders(args.dataset, args.data_path, 500, torch.device("cpu"), seed=0)
+    clean = (train.images[:args.calibration].float() - train.mean) / train.std
+    for label, folder in (("full precision", args.full_precision), ("ternarized", args.ternarized)):
+        model, checkpoint = load_run_model(folder, args.dataset, args.data_path)
+        weights = [p.detach() for p in model.parameters() if p.dim() > 1]
+        clipped = sum(int((w.abs() >= 1).sum()) for w in weights) / sum(w.numel() for w in weights)
+        print(f"{label}: model_best from epoch {checkpoint.get('epoch')}: test top-1 {test_top1(model, test):.2f}; "
+              f"latent weights with |W| >= 1: {100 * clipped:.4f}%; after recomputing BatchNorm statistics on "
+              f"{len(clean)} training images: {test_top1(recompute_batchnorm(model, clean), test):.2f}")
+    histories = [json.load(open(os.path.join(folder, "results.json")))["history"]
+                 for folder in (args.full_precision, args.ternarized)]
+    print("| epoch | val top-1 FP | val top-1 tern | gap | train loss FP | train loss tern | train top-1 FP | train top-1 tern |")
+    print("|---|---|---|---|---|---|---|---|")
+    epochs = min(len(h) for h in histories)
+    for epoch in sorted({*range(4, epochs, max(1, epochs // 10)), epochs - 1}):
+        fp, tern = histories[0][epoch], histories[1][epoch]
+        print(f"| {epoch + 1} | {fp['val_top1']:.2f} | {tern['val_top1']:.2f} | {fp['val_top1'] - tern['val_top1']:+.2f} | "
+              f"{fp['train_loss']:.4f} | {tern['train_loss']:.4f} | {fp['train_top1']:.2f} | {tern['train_top1']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
