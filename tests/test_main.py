@@ -102,7 +102,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_subset_learns(tmp_path):
-    # Measured 74.8% top-1 for this exact run (seed 5000) on a 2-core CPU; chance is 10%.
+    # Measured 75.5% top-1 for this exact run (seed 5000, the batch-64 lr-0.05 small-data recipe) on a 2-core CPU; chance is 10%.
     assert main.main(["--dataset", "fashion_mnist", "--subset", "3000", "--epochs", "3", "--schedule", "2",
                       "--gammas", "0.1", "--save_path", str(tmp_path), "--print_freq", "1000"]) == 0
     assert json.load(open(tmp_path / "results.json"))["best_top1"] >= 65.0
