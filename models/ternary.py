@@ -129,7 +129,7 @@ class TernaryLayerMixin:
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight used by forward: differentiable when autograd needs it, cached otherwise
-    (inside torch.compile recomputed in the compiled graph instead)."""
+        (inside torch.compile recomputed in the compiled graph instead)."""
         if torch.is_grad_enabled() and self.weight.requires_grad:
             self._cache_key = None
             self._cached_weight = None
@@ -180,19 +180,19 @@ class TernLinear(TernaryLayerMixin, nn.Linear):
 TernaryLayer = TernConv2d | TernLinear
 
 
-def _ternary_twin(module: nn.Conv2d | nn.Linear, tfactors: TFactors) -> TernaryLayer:
-    """A ternarized layer that shares `module`'s Parameter objects (built on the meta
-    device, so nothing is allocated or re-initialised)."""
+def _layer_like(module: nn.Conv2d | nn.Linear, conv_class: type, linear_class: type, **extra) -> nn.Module:
+    """A layer of `conv_class` / `linear_class` with `module`'s configuration, on the meta
+    device (nothing allocated; the caller assigns its parameters)."""
     if isinstance(module, nn.Conv2d):
-        twin = TernConv2d(
-            module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-            padding=module.padding, dilation=module.dilation, groups=module.groups,
-            bias=module.bias is not None, padding_mode=module.padding_mode,
-            tfactors=tfactors, device="meta",
-        )
-    else:
-        twin = TernLinear(module.in_features, module.out_features, bias=module.bias is not None,
-                          tfactors=tfactors, device="meta")
+        return conv_class(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                          padding=module.padding, dilation=module.dilation, groups=module.groups,
+                          bias=module.bias is not None, padding_mode=module.padding_mode, device="meta", **extra)
+    return linear_class(module.in_features, module.out_features, bias=module.bias is not None, device="meta", **extra)
+
+
+def _ternary_twin(module: nn.Conv2d | nn.Linear, tfactors: TFactors) -> TernaryLayer:
+    """A ternarized layer that shares `module`'s Parameter objects (nothing is allocated or re-initialised)."""
+    twin = _layer_like(module, TernConv2d, TernLinear, tfactors=tfactors)
     twin.weight = module.weight
     twin.bias = module.bias
     twin.train(module.training)
@@ -470,12 +470,7 @@ def use_reference_rel_bias(model: nn.Module) -> list[str]:
 
 def _plain_layer(layer: TernaryLayer) -> nn.Conv2d | nn.Linear:
     """The nn.Conv2d / nn.Linear that applies `layer`'s effective weight and bias (a copy)."""
-    if isinstance(layer, nn.Conv2d):
-        plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                          padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                          bias=layer.bias is not None, padding_mode=layer.padding_mode, device="meta")
-    else:
-        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    plain = _layer_like(layer, nn.Conv2d, nn.Linear)
     plain.weight = nn.Parameter(layer.effective_weight().clone(), requires_grad=False)
     if layer.bias is not None:
         plain.bias = nn.Parameter(layer.applied_bias().detach().clone(), requires_grad=False)

@@ -76,6 +76,16 @@ def dataset_info(name: str, data_path: str | None = None, log: Callable[[str], N
         raise UserError(f"unknown dataset '{name}'; valid datasets: {', '.join(DATASETS)}")
     if name != "folder" or data_path is None:
         return DATASETS[name]
+    root = os.path.abspath(data_path)
+    if root not in _FOLDER_INFO:  # a run asks every epoch (results.json); list the folder once per process
+        _FOLDER_INFO[root] = _folder_info(data_path, log)
+    return _FOLDER_INFO[root]
+
+
+_FOLDER_INFO: dict[str, DatasetInfo] = {}
+
+
+def _folder_info(data_path: str, log: Callable[[str], None]) -> DatasetInfo:
     data = load_image_folder(data_path, None, log)
     channels, height, width = data.x_train.shape[1:]
     if height != width:

@@ -32,6 +32,7 @@ import torch.nn as nn
 import models
 from utils.checkpoint import load_checkpoint, restore_model
 from utils.data import build_loaders, dataset_info
+from utils.evaluation import top1_accuracy
 from utils.onnx_export import OnnxModel, export_onnx
 
 
@@ -66,14 +67,6 @@ class Eager(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
-
-
-def top1(engine, loader) -> float:
-    hits = count = 0
-    for images, target in loader:
-        hits += int((engine(images).argmax(1) == target).sum())
-        count += len(target)
-    return 100.0 * hits / count
 
 
 def latency(engines: dict, shape: tuple[int, int, int], batch: int, repeats: int) -> dict[str, float]:
@@ -154,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         model = load_model(args)
         engines, sizes = engines_for(model, shape, folder, calibration, args.threads)
-        accuracy = {name: top1(engine, test) for name, engine in engines.items()}
+        accuracy = {name: top1_accuracy(engine, test) for name, engine in engines.items()}
         timings = {batch: latency(engines, shape, batch, args.repeats if batch == 1 else max(5, args.repeats // 5))
                    for batch in (1, 64)}
         source = args.checkpoint or f"{args.arch}, random weights"

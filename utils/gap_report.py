@@ -22,15 +22,7 @@ import torch.nn as nn
 import models
 from utils.checkpoint import load_checkpoint, restore_model
 from utils.data import build_loaders, dataset_info
-
-
-def test_top1(model: nn.Module, loader) -> float:
-    model.eval()
-    hits = 0
-    with torch.no_grad():
-        for images, target in loader:
-            hits += int((model(images).argmax(1) == target).sum())
-    return 100.0 * hits / loader.dataset_size
+from utils.evaluation import top1_accuracy
 
 
 def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 500) -> nn.Module:
@@ -69,9 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         model, checkpoint = load_run_model(folder, args.dataset, args.data_path)
         weights = [p.detach() for p in model.parameters() if p.dim() > 1]
         clipped = sum(int((w.abs() >= 1).sum()) for w in weights) / sum(w.numel() for w in weights)
-        print(f"{label}: model_best from epoch {checkpoint.get('epoch')}: test top-1 {test_top1(model, test):.2f}; "
+        print(f"{label}: model_best from epoch {checkpoint.get('epoch')}: test top-1 {top1_accuracy(model, test):.2f}; "
               f"latent weights with |W| >= 1: {100 * clipped:.4f}%; after recomputing BatchNorm statistics on "
-              f"{len(clean)} training images: {test_top1(recompute_batchnorm(model, clean), test):.2f}")
+              f"{len(clean)} training images: {top1_accuracy(recompute_batchnorm(model, clean), test):.2f}")
     histories = [json.load(open(os.path.join(folder, "results.json")))["history"]
                  for folder in (args.full_precision, args.ternarized)]
     print("| epoch | val top-1 FP | val top-1 tern | gap | train loss FP | train loss tern | train top-1 FP | train top-1 tern |")

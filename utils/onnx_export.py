@@ -9,7 +9,7 @@ nodes into the weight the Conv/Gemm reads — the QDQ weight form that runtimes 
 tools understand. Since α_k·c is exact in float32 and the branches are added in the
 order PyTorch adds them, the dequantized weight equals the PyTorch effective weight bit
 for bit. int4 is the smallest integer type onnxruntime executes for DequantizeLinear
-(its int2 kernel was checked here and gives wrong values). Full-precision layers,
+(int2, tried once with onnxruntime 1.32, gave wrong values). Full-precision layers,
 BatchNorm and biases stay float32; a REL layer of an authors' checkpoint stores the
 t_ex·b it applies.
 """
