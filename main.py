@@ -24,27 +24,30 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torchvision
-from tqdm import tqdm
 
 import models
-from utils.checkpoint import extract_state_dict, load_checkpoint, load_weights, save_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.compression import compression_report, format_report
-from utils.data import DATASETS, build_loaders, dataset_info
-from utils.distributed import DistributedContext, all_reduce_max, all_reduce_sum, init_distributed, shutdown
-from utils.errors import UserError, write_error
-from utils.hardware import fast_bf16
-from utils.export import ENCODINGS, export_packed, is_packed_file, load_packed
-from utils.onnx_export import OnnxModel, export_onnx, is_onnx_file
-from utils.logging import TensorBoardLog, make_logger, plot_curves, write_json
-from utils.resume import TrainingState, adopt_checkpoint_args, resume, rng_state
+from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info
+from utils.distributed import DistributedContext, init_distributed, shutdown
+from utils.errors import UserError
+from utils.evaluation import evaluate
+from utils.export import ENCODINGS, export_model
+from utils.files import write_json
+from utils.hardware import Precision, precision_hint, prepare_model, select_device, unwrap
+from utils.logging import make_logger
+from utils.model_loader import ModelChoice, build_model, file_format, load_model
+from utils.onnx_export import is_onnx_file
+from utils.resume import OptimizerSettings, TrainingState, resume_training
+from utils.results import model_statistics, run_record
 from utils.run_folder import claim_run_folder
 from utils.signals import Interrupted, StopSignals
+from utils.training import TrainConfig, fit, make_optimizer, make_scheduler, repair_best_model
 
 RECIPES = {
     "cifar": dict(epochs=200, optimizer="SGD", learning_rate=0.1, decay=3e-4, batch_size=128,
@@ -58,7 +61,8 @@ RECIPES = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of main.py, grouped as --help shows them."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     data = parser.add_argument_group("data")
@@ -112,13 +116,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hw.add_argument("--ngpu", type=int, default=1,
                     help="GPUs for single-node DataParallel (prefer torchrun, which runs DistributedDataParallel)")
     hw.add_argument("--gpu_id", default=None, help="CUDA_VISIBLE_DEVICES, e.g. '0' or '0,1'")
-    hw.add_argument("--amp", action="store_true", help="mixed precision: autocast to --amp_dtype (weights stay fp32)")
+    hw.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                    help="mixed precision: autocast to --amp_dtype (weights stay fp32); --no-amp resumes a run in fp32")
     hw.add_argument("--amp_dtype", choices=["bfloat16", "float16"], default="bfloat16",
                     help="autocast dtype; float16 also scales the loss (GradScaler)")
-    hw.add_argument("--channels_last", action="store_true",
+    hw.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
                     help="NHWC memory format for convolutions (with --amp about 2× faster on CPUs with AVX-512 BF16)")
     hw.add_argument("--compile", action="store_true", help="torch.compile the model")
     hw.add_argument("--sync_bn", action="store_true", help="with torchrun: SyncBatchNorm across processes")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The run's settings: the flags, the data set's recipe for unset ones, validated."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = sorted(explicit_flags(parser, sys.argv[1:] if argv is None else argv))
     return validate_args(apply_recipe(args))
@@ -214,364 +225,89 @@ def default_save_path(args: argparse.Namespace) -> str:
     return os.path.join("save", "_".join(parts))
 
 
-def select_device(args: argparse.Namespace) -> torch.device:
-    if args.gpu_id is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_id
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available")
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
+# Resume rules: which settings a continued run takes from its checkpoint.
+# Flags that define the experiment; the dest of `auto_thresholds` is set by --tfactors.
+RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "threshold_every", "first_last",
+                "optimizer", "learning_rate", "momentum", "decay", "batch_size", "schedule", "gammas", "manualSeed",
+                "subset")
+_FLAG_OF = {"auto_thresholds": "tfactors"}
+# Flags a resumed run takes from the checkpoint when not given, and may change.
+CARRIED_OVER = ("data_path", "amp", "amp_dtype", "channels_last", "model_only", "print_freq", "workers")
+# Flags that define the network: what an evaluation, export or fine-tuning of a checkpoint takes from it.
+MODEL_DEFINING = ("arch", "tex", "tfactors", "auto_thresholds", "first_last")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def log_precision_hint(args: argparse.Namespace, device: torch.device, logger) -> None:
-    """Point CPU users at the fast path (bf16 autocast + NHWC is about 2× faster on CPUs
-    with AVX-512 BF16, see python -m utils.benchmark --modes_only), or warn that bf16 is
-    emulated here."""
-    if device.type != "cpu" or args.evaluate or args.export:
+def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
+    """A resumed run keeps the settings it was started with: flags left unset take the
+    checkpoint's values, a flag set to a different value is refused (--epochs may change),
+    so results.json never records one thing while the run does another. Where the data is
+    and how fast it runs (CARRIED_OVER) are taken from the checkpoint when not given."""
+    saved = checkpoint.get("args")
+    if not isinstance(saved, dict):
         return
-    if not args.amp and fast_bf16(device):
-        logger.info("hint: this CPU computes bf16 natively; --amp --channels_last trains about 2× faster")
-    elif args.amp and args.amp_dtype == "bfloat16" and not fast_bf16(device):
-        logger.warning("warning: this CPU has no native bf16 (AVX-512 BF16 or AMX); --amp is likely slower than fp32")
+    explicit = set(args.explicit)
+    for key in RUN_DEFINING:
+        if key not in saved:
+            continue
+        flag = _FLAG_OF.get(key, key)
+        if flag in explicit and getattr(args, key) != saved[key]:
+            shown = "auto" if key == "auto_thresholds" else getattr(args, key)
+            raise UserError(f"--{flag} {shown} differs from the run being resumed ({saved[key]}); a resumed run keeps "
+                            "its settings: drop the flag, or use --fine_tune to start a new schedule from its weights")
+        setattr(args, key, saved[key])
+    for key in CARRIED_OVER:
+        if key in saved and key not in explicit:
+            setattr(args, key, saved[key])
+    saved_precision = Precision(saved.get("amp", False), saved.get("amp_dtype", "bfloat16"),
+                                saved.get("channels_last", False)).name
+    if saved_precision != precision(args).name:
+        log(f"=> precision switched from {saved_precision} to {precision(args).name} at epoch "
+            f"{checkpoint.get('epoch', '?')}; results.json records each epoch's precision")
+    if "epochs" in explicit and saved.get("epochs") not in (None, args.epochs):
+        log(f"=> --epochs {args.epochs}: the run was started for {saved['epochs']} epochs")
+    elif "epochs" in saved:
+        args.epochs = saved["epochs"]
 
 
-def prepare_model(args: argparse.Namespace, model: nn.Module, device: torch.device,
-                  context: DistributedContext) -> nn.Module:
-    """Memory format, SyncBatchNorm, DistributedDataParallel (torchrun) or DataParallel
-    (--ngpu), then torch.compile, in that order."""
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if context.enabled:
-        if args.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    elif args.ngpu > 1 and device.type == "cuda":
-        model = nn.DataParallel(model, device_ids=list(range(args.ngpu)))
-    if args.compile:
-        model = torch.compile(model)
-    return model
-
-
-def torchvision_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's pretrained ImageNet weights of `arch`'s full-precision twin (downloaded
-    into torch's hub cache, or read from it)."""
-    name = models.ARCHS[arch].torchvision_weights if arch in models.ARCHS else None
-    if name is None:
-        raise UserError(f"torchvision has no pretrained weights for {arch}; give --pretrained a state_dict file")
-    try:
-        return torchvision.models.get_weight(name).get_state_dict(progress=False)
-    except Exception as exc:  # network errors come in many types
-        raise UserError(f"could not download {name} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                        "download the file elsewhere and pass it as --pretrained PATH") from exc
-
-
-def build_model(args: argparse.Namespace, device: torch.device, logger) -> nn.Module:
-    info = dataset_info(args.dataset, args.data_path, logger.info)
-    first_last = None if args.first_last is None else args.first_last == "tern"
-    try:
-        model = models.get_model(args.arch, num_classes=info.num_classes, in_channels=info.in_channels,
-                                 tex=args.tex, tfactors=args.tfactors, first_last=first_last)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    if args.pretrained == "torchvision":
-        load_weights(model, torchvision_state_dict(args.arch), source=models.ARCHS[args.arch].torchvision_weights)
-    elif args.pretrained:
-        load_weights(model, extract_state_dict(load_checkpoint(args.pretrained)), source=args.pretrained)
-    if args.auto_thresholds:
-        if not any(True for _ in models.ternary_layers(model)):
-            raise UserError(f"--tfactors auto needs a ternarized arch; {args.arch} has no ternary layers")
-        models.optimize_model_thresholds(model)
-    return model.to(device)
-
-
-def load_packed_model(args: argparse.Namespace, device: torch.device, logger) -> nn.Module:
-    """The network of a packed .tern file, checked against the data set."""
-    model = load_packed(args.resume)
-    info, config = dataset_info(args.dataset, args.data_path, logger.info), model.build_config
-    if (config["num_classes"], config["in_channels"]) != (info.num_classes, info.in_channels):
-        raise UserError(f"{args.resume} was built for {config['num_classes']} classes and {config['in_channels']} "
-                        f"input channels, {args.dataset} has {info.num_classes} and {info.in_channels}")
-    args.arch = config["arch"]
-    return model.to(device)
-
-
-def model_report(args: argparse.Namespace, model: nn.Module, packed_bytes: int | None = None) -> dict:
-    info = dataset_info(args.dataset, args.data_path)
-    return compression_report(model, (info.in_channels, info.image_size, info.image_size), packed_bytes)
-
-
-def report_compression(args: argparse.Namespace, model: nn.Module, packed_bytes: int | None, logger) -> dict:
-    report = model_report(args, model, packed_bytes)
-    logger.info(format_report(report))
-    write_json(report, os.path.join(args.save_path, "compression.json"))
-    return report
-
-
-def make_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    if args.optimizer == "SGD":
-        return torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                               weight_decay=args.decay, nesterov=True)
-    return torch.optim.Adam(model.parameters(), lr=args.learning_rate, weight_decay=args.decay)
-
-
-def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr(epoch) = learning_rate · Π gamma_i over the schedule epochs already reached."""
-    def factor(epoch: int) -> float:
-        return math.prod(g for g, milestone in zip(args.gammas, args.schedule) if epoch >= milestone)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-class Metrics:
-    """Loss, top-1/top-5 and image-count sums kept on the device; read (one host sync and,
-    in a distributed run, one all-reduce over the processes) only on summary()."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(3, device=device)
-        self.count = 0
-
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target[:, None])
-        batch = target.shape[0]
-        self.sums += torch.stack([loss.float() * batch, hits[:, 0].sum().float(), hits.sum().float()])
-        self.count += batch
-
-    def summary(self) -> dict[str, float]:
-        count = torch.tensor([self.count], dtype=torch.float32, device=self.sums.device)
-        loss, top1, top5, count = all_reduce_sum(torch.cat([self.sums, count])).tolist()
-        loss, top1, top5 = (value / max(count, 1) for value in (loss, top1, top5))
-        return {"loss": loss, "top1": 100 * top1, "top5": 100 * top5}
-
-
-def autocast(args: argparse.Namespace, device: torch.device):
-    return torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype), enabled=args.amp)
-
-
-def to_device(images: torch.Tensor, target: torch.Tensor, device: torch.device,
-              args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    return (images.to(device, non_blocking=True, memory_format=memory_format),
-            target.to(device, non_blocking=True))
-
-
-def check_finite(loss: float, what: str, epoch: int, args: argparse.Namespace) -> None:
-    """Stop a diverged run before anything of it is saved."""
-    if math.isfinite(loss):
+def adopt_model_args(args: argparse.Namespace, checkpoint: dict) -> None:
+    """Evaluating, exporting or fine-tuning a checkpoint: without --arch, the network is
+    the one the checkpoint records (its arch and model flags)."""
+    if "arch" in args.explicit:
         return
-    best = os.path.join(args.save_path, "model_best.pth.tar")
-    kept = f"{best} is intact" if os.path.isfile(best) else "no model was saved"
-    raise UserError(f"{what} loss became {loss} in epoch {epoch + 1}: the run diverged and stopped without saving "
-                    f"this epoch ({kept}). Try a lower --learning_rate.")
+    saved = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    arch = checkpoint.get("arch") or saved.get("arch")
+    if isinstance(arch, str) and arch in models.ARCHS:
+        args.arch = arch
+        for key in MODEL_DEFINING[1:]:
+            if key in saved and _FLAG_OF.get(key, key) not in args.explicit:
+                setattr(args, key, saved[key])
 
 
-def stop_requested(stop: StopSignals, context: DistributedContext, device: torch.device) -> int | None:
-    """The signal that asked this run to stop, agreed on by every process (one all-reduce
-    in a distributed run, so all ranks stop at the same step)."""
-    if not context.enabled:
-        return stop.requested
-    return int(all_reduce_max(torch.tensor([stop.requested or 0], device=device)).item()) or None
+def read_resume_checkpoint(args: argparse.Namespace, kind: str | None, log: Callable[[str], None]) -> dict | None:
+    """The --resume checkpoint (not a packed or ONNX file). A continued run takes its
+    settings and, without --save_path, its folder; anything else takes its network."""
+    if kind != "checkpoint":
+        return None
+    checkpoint = load_checkpoint(args.resume)
+    if args.evaluate or args.fine_tune or args.export:
+        adopt_model_args(args, checkpoint)
+    else:
+        adopt_checkpoint_args(args, checkpoint, log)
+        if "save_path" not in args.explicit:
+            args.save_path = os.path.dirname(args.resume) or "."
+    return checkpoint
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    device: torch.device, epoch: int, args: argparse.Namespace, logger, stop: StopSignals,
-                    context: DistributedContext) -> dict[str, float]:
-    """One epoch. The step never waits for the device: metrics stay on it and are read
-    (and checked for NaN) every --print_freq steps and at the end. A stop signal ends
-    the epoch after the current step (checked every step in a single process, every
-    --print_freq steps across a distributed run) by raising Interrupted."""
-    model.train()
-    if args.auto_thresholds and not args.threshold_every:
-        models.optimize_model_thresholds(unwrap(model))
-    metrics = Metrics(device)
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                    disable=None if context.is_main else True, dynamic_ncols=True)
-    for step, (images, target) in enumerate(progress, 1):
-        images, target = to_device(images, target, device, args)
-        with autocast(args, device):
-            logits = model(images)
-            loss = F.cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        metrics.update(loss.detach(), logits.detach(), target)
-        if args.auto_thresholds and args.threshold_every and step % args.threshold_every == 0:
-            models.optimize_model_thresholds(unwrap(model))
-        if not context.enabled and stop.requested:
-            raise Interrupted(stop.requested, epoch + 1)
-        if step % args.print_freq == 0:
-            summary = metrics.summary()
-            check_finite(summary["loss"], "training", epoch, args)
-            signum = stop_requested(stop, context, device)
-            if signum:
-                raise Interrupted(signum, epoch + 1)
-            progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.1f}")
-            logger.info(f"  epoch {epoch + 1} step {step}/{len(loader)}  loss {summary['loss']:.4f}  "
-                        f"top1 {summary['top1']:.2f}")
-    summary = metrics.summary()
-    check_finite(summary["loss"], "training", epoch, args)
-    return summary
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, args: argparse.Namespace,
-             show_progress: bool = True) -> dict[str, float]:
-    """Top-1/top-5 and loss on `loader` (summed over all processes in a distributed run)."""
-    model.eval()
-    metrics = Metrics(device)
-    for images, target in tqdm(loader, desc="eval", leave=False, disable=None if show_progress else True,
-                               dynamic_ncols=True):
-        images, target = to_device(images, target, device, args)
-        with autocast(args, device):
-            logits = model(images)
-        metrics.update(F.cross_entropy(logits.float(), target), logits, target)
-    return metrics.summary()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model itself, inside any torch.compile, DataParallel or DDP wrapper."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def run_summary(args: argparse.Namespace, model: nn.Module, report: dict, extra: dict) -> dict:
-    """results.json: the model's statistics come from the compression report, which sees
-    live ternary layers and ones loaded from a packed file alike."""
-    return {"arch": args.arch, "dataset": args.dataset, "params": sum(p.numel() for p in model.parameters()),
-            "ternary_layers": report["ternary_layers"], "sparsity": report["ternary_sparsity"],
-            "weight_compression": report["weight_compression"],
-            "threshold_factors": getattr(model, "packed_tfactors", None) or models.layer_tfactors(model), **extra,
-            "args": recorded_args(args)}
-
-
-def training_summary(args: argparse.Namespace, model: nn.Module, report: dict, history: list[dict], started: float,
-                     status: str) -> dict:
-    """results.json of a training run, rewritten every epoch: status "running" until the
-    last epoch is done, then "complete" (a crashed run stays "running")."""
-    best = max(history, key=lambda r: r["val_top1"]) if history else {}
-    final = history[-1] if history else {}
-    return run_summary(args, model, report, {
-        "mode": "train", "status": status, "epochs": args.epochs, "epochs_done": len(history),
-        "best_top1": best.get("val_top1"), "best_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
-        "final_top1": final.get("val_top1"), "final_top5": final.get("val_top5"),
-        "wall_time_s": time.time() - started, "history": history})
-
-
-def select_rank_device(args: argparse.Namespace) -> tuple[torch.device, DistributedContext]:
-    """The device and the distributed context: under torchrun, GPU LOCAL_RANK (or the CPU)."""
-    device = select_device(args)
-    context = init_distributed(device.type == "cuda")
-    if context.enabled and device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
-    if context.enabled and args.ngpu > 1:
-        raise UserError("--ngpu is DataParallel for single-process runs; under torchrun use --nproc_per_node")
-    if args.sync_bn and not (context.enabled and device.type == "cuda"):
-        raise UserError("--sync_bn synchronises BatchNorm across the GPU processes of a torchrun run "
-                        "(PyTorch's SyncBatchNorm runs on CUDA only)")
-    return device, context
-
-
-def run_evaluation(args: argparse.Namespace, model: nn.Module, test_loader, device: torch.device,
-                   context: DistributedContext, packed: bool, logger, started: float) -> None:
-    result = evaluate(model, test_loader, device, args, context.is_main)
-    if not context.is_main:
-        return
-    report = report_compression(args, unwrap(model), os.path.getsize(args.resume) if packed else None, logger)
-    logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-                f"sparsity {100 * report['ternary_sparsity']:.2f}%")
-    write_json(run_summary(args, unwrap(model), report, {
-        "mode": "evaluate", "status": "complete", "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
-        "world_size": context.world_size, "wall_time_s": time.time() - started}),
-        os.path.join(args.save_path, "results.json"))
-
-
-def run_onnx_evaluation(args: argparse.Namespace, model: OnnxModel, test_loader, logger, started: float) -> None:
-    """--evaluate of an ONNX file: the same test pipeline and metrics, run by onnxruntime."""
-    result = evaluate(model, test_loader, torch.device("cpu"), args, True)
-    logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-                f"({os.path.getsize(args.resume):,} bytes of ONNX, onnxruntime)")
-    write_json({"arch": "onnx", "dataset": args.dataset, "mode": "evaluate", "status": "complete", "runtime": "onnxruntime",
-                "onnx_bytes": os.path.getsize(args.resume), "top1": result["top1"], "top5": result["top5"],
-                "loss": result["loss"], "wall_time_s": time.time() - started, "args": recorded_args(args)},
-               os.path.join(args.save_path, "results.json"))
-
-
-def save_epoch(args: argparse.Namespace, model: nn.Module, optimizer, scheduler, history: list[dict],
-               best: tuple[float, int | None], is_best: bool, started: float) -> None:
-    """Best model, checkpoint, curve and results.json after an epoch (main process only).
-    The best model is written first: a kill between the two files leaves a checkpoint
-    one epoch older, whose resumed run recomputes the same epoch."""
-    epoch = history[-1]["epoch"]
-    state = {"state_dict": model.state_dict(), "tfactors": models.layer_tfactors(model),
-             "bias_copies": models.layer_bias_copies(model)}
-    if not args.model_only:
-        state.update(epoch=epoch, arch=args.arch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     best_acc=best[0], best_epoch=best[1], history=history, args=recorded_args(args),
-                     rng=rng_state())
-    if is_best:
-        save_checkpoint(state, os.path.join(args.save_path, "model_best.pth.tar"))
-    save_checkpoint(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
-    plot_curves(history, os.path.join(args.save_path, "curve.png"), title=f"{args.arch} on {args.dataset}")
-    if epoch < args.epochs:
-        write_json(training_summary(args, model, model_report(args, model), history, started, "running"),
-                   os.path.join(args.save_path, "results.json"))
-
-
-def repair_best_model(args: argparse.Namespace, checkpoint: dict, logger) -> None:
-    """A run killed between its checkpoint and model_best (as older versions wrote them)
-    has a model_best older than the checkpoint's best epoch: when the checkpoint itself is
-    the best epoch, write model_best from it again."""
-    best_epoch, epoch = checkpoint.get("best_epoch"), checkpoint.get("epoch")
-    path = os.path.join(args.save_path, "model_best.pth.tar")
-    if best_epoch is None or best_epoch != epoch:
-        return
-    saved_epoch = load_checkpoint(path).get("epoch") if os.path.isfile(path) else None
-    if saved_epoch != best_epoch:
-        save_checkpoint(checkpoint, path)
-        held = "it was missing" if saved_epoch is None else f"it held epoch {saved_epoch}"
-        logger.info(f"=> rewrote {path} from epoch {best_epoch} ({held})")
-
-
-def export(args: argparse.Namespace, model: nn.Module, logger) -> None:
-    """--export: the packed .tern file or ONNX, by the file's suffix."""
-    if is_onnx_file(args.export):
-        info = dataset_info(args.dataset, args.data_path, logger.info)
-        written = export_onnx(model, args.export, (info.in_channels, info.image_size, info.image_size))
-        kind = (f"{written['ternary_layers']} ternary layers as int4 codes" if written["ternary_layers"]
-                else "no ternary layers: a plain float32 model")
-        logger.info(f"=> wrote {args.export} ({written['bytes']:,} bytes, {kind}; the float32 ONNX of the same "
-                    f"graph: {written['fp32_bytes']:,} bytes, {written['fp32_bytes'] / written['bytes']:.2f}× larger)")
-        return
-    try:
-        size = export_packed(model, args.export, args.export_encoding)
-    except OSError as exc:
-        raise write_error(args.export, exc) from None
-    logger.info(f"=> wrote {args.export} ({size:,} bytes, {args.export_encoding} encoding)")
-    report_compression(args, model, size, logger)
-
-
-def load_onnx_model(args: argparse.Namespace, logger) -> OnnxModel:
-    """An ONNX file to evaluate, checked against the data set's input and classes."""
-    model = OnnxModel(args.resume)
-    info = dataset_info(args.dataset, args.data_path, logger.info)
-    expected = (info.in_channels, info.image_size, info.image_size)
-    shape_ok = all(got == want for got, want in zip(model.input_shape, expected) if isinstance(got, int))
-    classes_ok = not isinstance(model.num_classes, int) or model.num_classes == info.num_classes
-    if not (shape_ok and classes_ok):
-        raise UserError(f"{args.resume} takes {model.input_shape} images and gives {model.num_classes} classes; "
-                        f"{args.dataset} has {expected} and {info.num_classes}")
-    logger.info(f"=> evaluating {args.resume} with onnxruntime")
-    return model
+def resume_kind(args: argparse.Namespace) -> str | None:
+    """What --resume names: "onnx", "packed" (.tern), "checkpoint", or None."""
+    if not args.resume:
+        return None
+    kind = file_format(args.resume)
+    if kind == "onnx" and not os.path.isfile(args.resume):
+        raise UserError(f"ONNX file not found: {args.resume}")
+    if kind == "packed" and not args.evaluate:
+        raise UserError(f"{args.resume} is a packed inference file: use it with --evaluate")
+    return kind
 
 
 def claim_folder(args: argparse.Namespace, context: DistributedContext):
@@ -584,151 +320,144 @@ def claim_folder(args: argparse.Namespace, context: DistributedContext):
     return claim_run_folder(args.save_path, mode, resuming=resuming, overwrite=args.overwrite)
 
 
-def read_resume_checkpoint(args: argparse.Namespace, inference_file: bool, log) -> dict | None:
-    """The --resume checkpoint (not a packed or ONNX file); for a continued run, its
-    settings become the run's and, without --save_path, its folder the output folder."""
-    if not args.resume or inference_file:
-        return None
-    checkpoint = load_checkpoint(args.resume)
-    if not (args.evaluate or args.fine_tune or args.export):
-        adopt_checkpoint_args(args, checkpoint, log)
-        if "save_path" not in args.explicit:
-            args.save_path = os.path.dirname(args.resume) or "."
-    return checkpoint
+def select_rank_device(args: argparse.Namespace) -> tuple[torch.device, DistributedContext]:
+    """The device and the distributed context: under torchrun, GPU LOCAL_RANK (or the CPU)."""
+    device = select_device(args.device, args.gpu_id)
+    context = init_distributed(device.type == "cuda")
+    if context.enabled and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+    if context.enabled and args.ngpu > 1:
+        raise UserError("--ngpu is DataParallel for single-process runs; under torchrun use --nproc_per_node")
+    if args.sync_bn and not (context.enabled and device.type == "cuda"):
+        raise UserError("--sync_bn synchronises BatchNorm across the GPU processes of a torchrun run "
+                        "(PyTorch's SyncBatchNorm runs on CUDA only)")
+    return device, context
 
 
-def resume_kind(args: argparse.Namespace) -> str | None:
-    """What --resume names: "onnx", "packed" (.tern), "checkpoint", or None."""
-    if not args.resume:
-        return None
-    if is_onnx_file(args.resume):
-        if not os.path.isfile(args.resume):
-            raise UserError(f"ONNX file not found: {args.resume}")
-        return "onnx"
-    if os.path.isfile(args.resume) and is_packed_file(args.resume):
-        if not args.evaluate:
-            raise UserError(f"{args.resume} is a packed inference file: use it with --evaluate")
-        return "packed"
-    return "checkpoint"
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def start_logging(args: argparse.Namespace, device: torch.device, context: DistributedContext, notes: list[str]):
+    """log.txt and the console, opened with what the run is and, for training, a precision hint."""
     logger = make_logger(args.save_path if context.is_main else None, quiet=not context.is_main)
     for note in notes:
         logger.info(note)
     logger.info(f"{args.arch} on {args.dataset}, device {device}"
                 + (f", {context.world_size} processes" if context.enabled else "") + f", saving to {args.save_path}")
-    log_precision_hint(args, device, logger)
+    hint = None if args.evaluate or args.export else precision_hint(device, precision(args))
+    if hint:
+        (logger.warning if hint.startswith("warning") else logger.info)(hint)
     return logger
 
 
-def evaluate_onnx_file(args: argparse.Namespace, logger, started: float) -> None:
-    model = load_onnx_model(args, logger)
-    _, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, torch.device("cpu"),
-                                   seed=args.manualSeed, workers=args.workers, include_train=False, log=logger.info)
-    run_onnx_evaluation(args, model, test_loader, logger, started)
+def model_choice(args: argparse.Namespace) -> ModelChoice:
+    return ModelChoice(args.arch, args.tex, tuple(args.tfactors) if args.tfactors else None, args.first_last,
+                       args.auto_thresholds)
+
+
+def precision(args: argparse.Namespace) -> Precision:
+    return Precision(args.amp, args.amp_dtype, args.channels_last)
+
+
+def input_shape(info: DatasetInfo) -> tuple[int, int, int]:
+    return info.in_channels, info.image_size, info.image_size
+
+
+def report_compression(args: argparse.Namespace, model: nn.Module, info: DatasetInfo, packed_bytes: int | None,
+                       logger) -> dict:
+    report = compression_report(model, input_shape(info), packed_bytes)
+    logger.info(format_report(report))
+    write_json(os.path.join(args.save_path, "compression.json"), report)
+    return report
+
+
+def run_evaluation(args: argparse.Namespace, model: nn.Module, kind: str | None, info: DatasetInfo, test_loader,
+                   device: torch.device, context: DistributedContext, logger, started: float) -> None:
+    """--evaluate of a checkpoint, a packed file, an ONNX file or --pretrained weights."""
+    result = evaluate(model, test_loader, device, precision(args), context.is_main)
+    if not context.is_main:
+        return
+    source = args.resume or args.pretrained
+    report = None
+    if kind == "onnx":
+        logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
+                    f"({os.path.getsize(source):,} bytes of ONNX, onnxruntime)")
+    else:
+        report = report_compression(args, unwrap(model), info, os.path.getsize(source) if kind == "packed" else None,
+                                    logger)
+        logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
+                    f"sparsity {100 * report['ternary_sparsity']:.2f}%")
+    write_json(os.path.join(args.save_path, "results.json"), run_record(
+        mode="evaluate", status="complete", arch=None if kind == "onnx" else args.arch, dataset=args.dataset,
+        args=recorded_args(args), started=started, statistics=model_statistics(unwrap(model), report),
+        precision=precision(args).name, world_size=context.world_size, test=result, source=source,
+        file_format=kind or "checkpoint"))
+
+
+def load_run_model(args: argparse.Namespace, kind: str | None, checkpoint: dict | None, info: DatasetInfo,
+                   device: torch.device, logger) -> nn.Module:
+    """The run's model: from --resume (any file kind), else built, from --pretrained weights if given."""
+    if kind is None:
+        return build_model(model_choice(args), info, args.pretrained).to(device)
+    loaded = load_model(args.resume, info, args.dataset, None if kind != "checkpoint" else model_choice(args),
+                        checkpoint, logger.info)
+    if kind == "packed":
+        args.arch = loaded.model.build_config["arch"]
+    elif kind == "checkpoint" and (args.evaluate or args.fine_tune or args.export):
+        logger.info(f"=> loaded {args.resume} (weights only)")
+    return loaded.model.to(device)
 
 
 def run(args: argparse.Namespace, stop: StopSignals) -> None:
-    """parse → data → model → optimizer → loop → save, for training, evaluation and export."""
+    """flags → data set → model → optimizer → loop → save, for training, evaluation and export."""
     started = time.time()
     device, context = select_rank_device(args)
     kind = resume_kind(args)
     notes: list[str] = []
-    checkpoint = read_resume_checkpoint(args, kind != "checkpoint", notes.append)
+    checkpoint = read_resume_checkpoint(args, kind, notes.append)
     with claim_folder(args, context):
         logger = start_logging(args, device, context, notes)
         seed_everything(args.manualSeed)
-        if kind == "onnx":
-            evaluate_onnx_file(args, logger, started)
-            return
-        model = load_packed_model(args, device, logger) if kind == "packed" else build_model(args, device, logger)
-        optimizer = make_optimizer(args, model)
-        scheduler = make_scheduler(args, optimizer)
-        state = TrainingState(args.start_epoch)
-        if checkpoint is not None:
-            state = resume(args, checkpoint, unwrap(model), optimizer, scheduler, logger.info)
-            if context.is_main and not (args.evaluate or args.fine_tune or args.export):
-                repair_best_model(args, checkpoint, logger)
+        info = dataset_info(args.dataset, args.data_path, logger.info)
+        model = load_run_model(args, kind, checkpoint, info, device, logger)
         if args.export:
             if context.is_main:
-                export(args, model, logger)
+                logger.info(export_model(model, args.export, input_shape(info), args.export_encoding))
+                if not is_onnx_file(args.export):
+                    report_compression(args, model, info, os.path.getsize(args.export), logger)
             return
-        model = prepare_model(args, model, device, context)
-        train_loader, test_loader = build_loaders(args.dataset, args.data_path, args.batch_size, device,
+        state = TrainingState(args.start_epoch)
+        if not args.evaluate:
+            optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.decay)
+            scheduler = make_scheduler(optimizer, args.schedule, args.gammas)
+            if checkpoint is not None and not args.fine_tune:
+                settings = OptimizerSettings(args.optimizer, args.learning_rate, args.momentum, args.decay)
+                state = resume_training(args.resume, checkpoint, settings, optimizer, scheduler, args.start_epoch,
+                                        logger.info)
+                if context.is_main:
+                    repair_best_model(args.save_path, checkpoint, logger.info)
+        if kind != "onnx":
+            model = prepare_model(model, device, context, args.channels_last, args.sync_bn, args.ngpu, args.compile)
+        loader_device = torch.device("cpu") if kind == "onnx" else device
+        train_loader, test_loader = build_loaders(args.dataset, args.data_path, info, args.batch_size, loader_device,
                                                   seed=args.manualSeed, workers=args.workers, subset=args.subset,
                                                   include_train=not args.evaluate, rank=context.rank,
                                                   world_size=context.world_size, log=logger.info)
-        logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters; {test_loader.dataset_size} test "
-                    "images" + (f", {train_loader.dataset_size} train images" if train_loader else ""))
+        if kind != "onnx":
+            logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters; {test_loader.dataset_size} test "
+                        "images" + (f", {train_loader.dataset_size} train images" if train_loader else ""))
         if args.evaluate:
-            run_evaluation(args, model, test_loader, device, context, kind == "packed", logger, started)
+            run_evaluation(args, model, kind, info, test_loader, loader_device, context, logger, started)
             return
-        train(args, model, optimizer, scheduler, state, train_loader, test_loader, device, context, logger, stop,
-              started)
-
-
-def train(args: argparse.Namespace, model: nn.Module, optimizer, scheduler, state: TrainingState, train_loader,
-          test_loader, device: torch.device, context: DistributedContext, logger, stop: StopSignals,
-          started: float) -> None:
-    """The epochs from state.start_epoch on. A stop signal or a failure marks results.json
-    ("interrupted" / "failed") before it propagates; only complete epochs are ever saved."""
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "float16")
-    tensorboard = TensorBoardLog(args.save_path) if context.is_main else None
-    history, best = state.history, (state.best_acc, state.best_epoch)
-    try:
-        for epoch in range(state.start_epoch, args.epochs):
-            signum = stop_requested(stop, context, device)
-            if signum:  # a signal during the last save, or before the first epoch
-                raise Interrupted(signum, epoch + 1)
-            epoch_start = time.time()
-            train_loader.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            train_metrics = train_one_epoch(model, train_loader, optimizer, scaler, device, epoch, args, logger, stop,
-                                            context)
-            val = evaluate(model, test_loader, device, args, context.is_main)
-            check_finite(val["loss"], "validation", epoch, args)
-            scheduler.step()
-            is_best = val["top1"] > best[0]
-            best = (val["top1"], epoch + 1) if is_best else best
-            record = {"epoch": epoch + 1, "lr": lr, "time_s": time.time() - epoch_start,
-                      **{f"train_{k}": v for k, v in train_metrics.items()}, **{f"val_{k}": v for k, v in val.items()}}
-            history.append(record)
-            logger.info(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {train_metrics['loss']:.4f} "
-                        f"top1 {train_metrics['top1']:6.2f} | val loss {val['loss']:.4f} top1 {val['top1']:6.2f} "
-                        f"top5 {val['top5']:6.2f} | best {best[0]:6.2f} | {record['time_s']:.1f}s")
-            if context.is_main:
-                save_epoch(args, unwrap(model), optimizer, scheduler, history, best, is_best, started)
-                tensorboard.epoch(epoch, record, unwrap(model))
-    except (Interrupted, UserError, KeyboardInterrupt) as exc:
-        if context.is_main:
-            tensorboard.close()
-            status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
-            summary = training_summary(args, unwrap(model), model_report(args, unwrap(model)), history, started, status)
-            summary["error"] = str(exc) or type(exc).__name__
-            with contextlib.suppress(UserError):
-                write_json(summary, os.path.join(args.save_path, "results.json"))
-        if isinstance(exc, Interrupted):
-            exc.resume_hint = resume_hint(args, history)
-            exc.quiet = not context.is_main  # one line per run, from the main process
-        raise
-    if not context.is_main:
-        return
-    tensorboard.close()
-    report = report_compression(args, unwrap(model), None, logger)
-    summary = training_summary(args, unwrap(model), report, history, started, "complete")
-    summary["world_size"] = context.world_size
-    write_json(summary, os.path.join(args.save_path, "results.json"))
-    final = history[-1] if history else {}
-    logger.info(f"done: best top1 {best[0]:.2f}, final top1 {final.get('val_top1', float('nan')):.2f}, "
-                f"sparsity {100 * summary['sparsity']:.2f}%, {summary['wall_time_s']:.0f}s")
-
-
-def resume_hint(args: argparse.Namespace, history: list[dict]) -> str:
-    checkpoint = os.path.join(args.save_path, "checkpoint.pth.tar")
-    if not history or args.model_only:
-        return "no epoch finished, nothing to resume; start the run again"
-    return f"epoch {history[-1]['epoch']} is saved; continue with: python main.py --resume {checkpoint}"
+        config = TrainConfig(save_path=args.save_path, epochs=args.epochs, arch=args.arch, dataset=args.dataset,
+                             input_shape=input_shape(info), args=recorded_args(args), precision=precision(args),
+                             print_freq=args.print_freq, auto_thresholds=args.auto_thresholds,
+                             threshold_every=args.threshold_every, model_only=args.model_only)
+        fit(model, optimizer, scheduler, state, train_loader, test_loader, device, context, config, logger, stop,
+            started)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,26 +2,29 @@
 # The paper's CIFAR-10 table: ResNet-20/32/44/56, full precision and ternarized, trained
 # from scratch with the paper's recipe (200 epochs, batch 128, SGD-Nesterov momentum 0.9,
 # lr 0.1 x0.1 at 80, x0.1 at 120, x0.5 at 160, weight decay 3e-4), one run per
-# arch x variant x seed, each in SAVE_ROOT/DATASET/VARIANT_ARCH_seedSEED.
+# arch x variant x seed, each in SAVE_ROOT/DATASET/VARIANT_ARCH_eEPOCHS_seedSEED.
 #
 #   bash train_CIFAR10.sh                                 # the whole table, seed 5000
 #   ARCHS="resnet20 resnet32" SEEDS=3 bash train_CIFAR10.sh
 #   VARIANTS="tern rel2 tern_auto" bash train_CIFAR10.sh --epochs 10   # extra args go to main.py
 #   EPOCHS=40 bash train_CIFAR10.sh                       # the schedule compressed to 40 epochs
 #   DRY_RUN=1 bash train_CIFAR10.sh                       # print the commands only
-#   python -m utils.report save/cifar10                   # the table next to the paper's numbers
+#   python -m tools.report save/cifar10                   # the table next to the paper's numbers
 #
 # Environment: ARCHS (resnet20 resnet32 resnet44 resnet56), VARIANTS (fp tern; also rel2,
 # rel4, tern_auto, rel2_auto, tern_fflf), SEEDS (number of seeds, 1), FIRST_SEED (5000),
 # EPOCHS (200; the lr steps stay at 40%/60%/80% of the epochs, as 80/120/160 of 200),
 # PRECISION (bf16: --amp --channels_last, about 2x faster on GPUs and on CPUs with AVX-512
-# BF16 at no accuracy cost, see README; fp32: neither),
+# BF16 at no accuracy cost, see README; fp32: --no-amp --no-channels_last, which also switches
+# a partial bf16 run to fp32 when the matrix resumes it),
 # DATASET (cifar10; cifar100, fashion_mnist, mnist, digits work too), DATA_PATH
-# (./data/DATASET), SAVE_ROOT (./save), PYTHON (python), DRY_RUN, FORCE (see utils/run_matrix.sh).
+# (./data/DATASET), SAVE_ROOT (./save), PYTHON (.venv/bin/python when the repository has a
+# .venv, else python), DRY_RUN, FORCE (see tools/run_matrix.sh). The length is EPOCHS, not
+# --epochs: it names the run folders and places the lr steps.
 set -uo pipefail
 cd "$(dirname "$0")"
-source utils/run_matrix.sh
-PYTHON=${PYTHON:-python}
+source tools/run_matrix.sh
+PYTHON=$(matrix_python)
 ARCHS=${ARCHS:-resnet20 resnet32 resnet44 resnet56}
 VARIANTS=${VARIANTS:-fp tern}
 SEEDS=${SEEDS:-1}
@@ -33,10 +36,15 @@ EPOCHS=${EPOCHS:-200}
 PRECISION=${PRECISION:-bf16}
 case $PRECISION in
     bf16) PRECISION_ARGS="--amp --channels_last" ;;
-    fp32) PRECISION_ARGS="" ;;
+    fp32) PRECISION_ARGS="--no-amp --no-channels_last" ;;  # explicit, so a resumed bf16 run switches
     *) echo "unknown PRECISION '$PRECISION' (bf16 fp32)" >&2; exit 2 ;;
 esac
 SCHEDULE="$((EPOCHS * 2 / 5)) $((EPOCHS * 3 / 5)) $((EPOCHS * 4 / 5))"
+for arg in "$@"; do
+    case $arg in
+        --epochs|--epochs=*) echo "error: give the length as EPOCHS=N bash train_CIFAR10.sh (it names the run folders and places the lr steps at 40/60/80%), not --epochs" >&2; exit 2 ;;
+    esac
+done
 
 variant_args() {  # variant_args VARIANT ARCH: main.py's model flags
     case $1 in
@@ -60,7 +68,7 @@ for arch in $ARCHS; do
         model_args=$(variant_args "$variant" "$arch") || exit 2
         for seed in $(seed_list "$SEEDS" "$FIRST_SEED"); do
             # shellcheck disable=SC2086  # model_args and PRECISION_ARGS are lists of flags
-            run_one "$SAVE_ROOT/$DATASET/${variant}_${arch}_seed$seed" \
+            run_one "$SAVE_ROOT/$DATASET/${variant}_${arch}_e${EPOCHS}_seed$seed" \
                 --dataset "$DATASET" --data_path "$DATA_PATH" $model_args \
                 --epochs "$EPOCHS" --optimizer SGD --learning_rate 0.1 --momentum 0.9 --decay 3e-4 --batch_size 128 \
                 --schedule $SCHEDULE --gammas 0.1 0.1 0.5 --manualSeed "$seed" --print_freq 100 $PRECISION_ARGS "$@"

@@ -9,7 +9,7 @@
 #   ARCHS="resnet18b_fq_lq_tern_tex_2" PRETRAINED_DIR=~/weights bash train_ImageNet.sh --workers 16
 #   torchrun-style multi-GPU: LAUNCH="torchrun --nproc_per_node 8" bash train_ImageNet.sh --batch_size 32
 #   DRY_RUN=1 bash train_ImageNet.sh                                     # print the commands only
-#   python -m utils.report save/imagenet
+#   python -m tools.report save/imagenet
 #
 # Pretrained weights: PRETRAINED_DIR/<twin>.pth when it exists (twin = resnet18, resnet34,
 # resnet50, resnet101 or alexnet_vanilla; torchvision's files renamed, e.g.
@@ -19,11 +19,11 @@
 #
 # Environment: ARCHS (below), FP_ARCHS (resnet18 resnet34 resnet50: evaluated, not trained),
 # SEEDS (1), FIRST_SEED (5000), DATA_PATH (./data/imagenet, holding train/ and val/),
-# PRETRAINED_DIR, WORKERS (8), SAVE_ROOT (./save), PYTHON (python), LAUNCH (empty: a
-# single process; e.g. "torchrun --nproc_per_node 8"), DRY_RUN, FORCE (utils/run_matrix.sh).
+# PRETRAINED_DIR, WORKERS (8), SAVE_ROOT (./save), PYTHON (.venv/bin/python if present, else python), LAUNCH (empty: a
+# single process; e.g. "torchrun --nproc_per_node 8"), DRY_RUN, FORCE (tools/run_matrix.sh).
 set -uo pipefail
 cd "$(dirname "$0")"
-source utils/run_matrix.sh
+source tools/run_matrix.sh
 ARCHS=${ARCHS:-tern_alexnet_ff_lf tern_alexnet_fq_lq resnet18b_ff_lf_tex1 resnet18b_fq_lq_tex1 resnet34b_ff_lf_tex1 resnet50b_ff_lf_tex1 resnet18b_fq_lq_tern_tex_2 resnet18b_fq_lq_tern_tex_4}
 FP_ARCHS=${FP_ARCHS-resnet18 resnet34 resnet50}
 SEEDS=${SEEDS:-1}
@@ -33,7 +33,7 @@ PRETRAINED_DIR=${PRETRAINED_DIR:-}
 WORKERS=${WORKERS:-8}
 SAVE_ROOT=${SAVE_ROOT:-./save}
 # LAUNCH replaces "python" (e.g. torchrun); run_one calls "$PYTHON" main.py.
-PYTHON=${LAUNCH:-${PYTHON:-python}}
+PYTHON=${LAUNCH:-$(matrix_python)}
 
 pretrained_flag() {  # pretrained_flag ARCH: the --pretrained argument of its full-precision twin
     local twin

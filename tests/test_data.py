@@ -71,7 +71,7 @@ def test_cifar10_loader_reads_the_python_pickle_format(tmp_path, monkeypatch):
     arrays = _write_cifar10(str(tmp_path))
     # The generated files cannot match torchvision's md5 sums of the real ones.
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
-    train, test = build_loaders("cifar10", str(tmp_path), batch_size=50, device=torch.device("cpu"))
+    train, test = build_loaders("cifar10", str(tmp_path), DATASETS["cifar10"], batch_size=50, device=torch.device("cpu"))
     assert train.dataset_size == 50 and test.dataset_size == 6
     expected = torch.from_numpy(arrays["test_batch"][0]).view(6, 3, 32, 32)
     assert torch.equal(test.images, expected)
@@ -93,7 +93,7 @@ def write_image_folders(root):
 
 def test_imagenet_loader_reads_an_image_folder_of_jpegs(tmp_path):
     write_image_folders(tmp_path)
-    train, val = build_loaders("imagenet", str(tmp_path), batch_size=4, device=torch.device("cpu"), workers=0)
+    train, val = build_loaders("imagenet", str(tmp_path), DATASETS["imagenet"], batch_size=4, device=torch.device("cpu"), workers=0)
     x, y = next(iter(val))
     assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 0, 1]
     assert train.dataset_size == 6 and next(iter(train))[0].shape == (4, 3, 224, 224)
@@ -103,7 +103,7 @@ def test_imagenet_loaders_shard_across_processes(tmp_path):
     write_image_folders(tmp_path)
     val_labels, train_sizes = [], []
     for rank in range(2):
-        train, val = build_loaders("imagenet", str(tmp_path), batch_size=2, device=torch.device("cpu"), workers=0,
+        train, val = build_loaders("imagenet", str(tmp_path), DATASETS["imagenet"], batch_size=2, device=torch.device("cpu"), workers=0,
                                    rank=rank, world_size=2)
         assert isinstance(train.sampler, torch.utils.data.DistributedSampler) and train.sampler.rank == rank
         train.set_epoch(3)
@@ -116,13 +116,13 @@ def test_imagenet_loaders_shard_across_processes(tmp_path):
 def test_imagenet_evaluation_does_not_need_the_train_folder(tmp_path):
     os.makedirs(tmp_path / "val" / "n01")
     Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(tmp_path / "val" / "n01" / "a.JPEG")
-    train, val = build_loaders("imagenet", str(tmp_path), 2, torch.device("cpu"), workers=0, include_train=False)
+    train, val = build_loaders("imagenet", str(tmp_path), DATASETS["imagenet"], 2, torch.device("cpu"), workers=0, include_train=False)
     assert train is None and val.dataset_size == 1
 
 
 def test_imagenet_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="ImageFolder"):
-        build_loaders("imagenet", str(tmp_path), 4, torch.device("cpu"))
+        build_loaders("imagenet", str(tmp_path), DATASETS["imagenet"], 4, torch.device("cpu"))
 
 
 def test_read_idx_roundtrip_and_truncation(tmp_path):
@@ -136,14 +136,14 @@ def test_read_idx_roundtrip_and_truncation(tmp_path):
 
 
 def test_digits_split_is_fixed_and_stratified():
-    train, test = build_loaders("digits", "unused", 64, torch.device("cpu"))
+    train, test = build_loaders("digits", "unused", DATASETS["digits"], 64, torch.device("cpu"))
     assert (train.dataset_size, test.dataset_size) == (1437, 360)
     assert torch.bincount(test.labels).min() >= 35
-    assert torch.equal(test.images, build_loaders("digits", "unused", 64, torch.device("cpu"))[1].images)
+    assert torch.equal(test.images, build_loaders("digits", "unused", DATASETS["digits"], 64, torch.device("cpu"))[1].images)
 
 
 @pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_from_debian_package(tmp_path):
-    train, test = build_loaders("fashion_mnist", str(tmp_path), 128, torch.device("cpu"), subset=1000)
+    train, test = build_loaders("fashion_mnist", str(tmp_path), DATASETS["fashion_mnist"], 128, torch.device("cpu"), subset=1000)
     assert (train.dataset_size, test.dataset_size) == (1000, 10000)
     assert test.images.shape == (10000, 1, 28, 28) and test.labels.max() == 9

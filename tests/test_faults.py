@@ -17,7 +17,8 @@ import torch
 
 import main
 from utils import checkpoint as checkpoint_module
-from utils import logging as logging_module
+from utils import files as files_module
+from utils import training as training_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs", "1", "--subset", "256", "--print_freq", "1000"]
@@ -241,10 +242,14 @@ def test_stale_temporary_files_are_removed_and_a_lagging_best_model_is_rewritten
     state["best_epoch"], state_epoch1["epoch"] = state["epoch"], 1  # killed after the checkpoint, before model_best
     torch.save(state, folder / "checkpoint.pth.tar")
     torch.save(state_epoch1, folder / "model_best.pth.tar")
-    (folder / ".tmp-abc123.pth.tar").write_bytes(b"half a checkpoint")
-    (folder / "results.json.tmp").write_text("{")
+    (folder / ".checkpoint.pth.tar.4242.ternary-tmp").write_bytes(b"half a checkpoint")
+    (folder / ".results.json.4242.ternary-tmp").write_text("{")
+    users = {"notes.tmp": "mine", "backup.tmp-2024": "also mine", ".tmp-draft.txt": "mine too"}
+    for name, text in users.items():
+        (folder / name).write_text(text)
     assert main.main(["--resume", str(folder / "checkpoint.pth.tar"), "--epochs", str(state["epoch"])]) == 0
-    assert not [name for name in os.listdir(folder) if "tmp" in name]
+    assert sorted(name for name in os.listdir(folder) if "tmp" in name) == sorted(users)
+    assert all((folder / name).read_text() == text for name, text in users.items())
     assert torch.load(folder / "model_best.pth.tar", weights_only=True)["epoch"] == state["epoch"]
 
 
@@ -258,7 +263,16 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_files(tmp_
     folder = tmp_path / "run"
     assert main.main(["--save_path", str(folder)] + QUICK) == 0
     before = {name: (folder / name).read_bytes() for name in ("checkpoint.pth.tar", "model_best.pth.tar")}
-    monkeypatch.setattr(checkpoint_module.os, "fsync", no_space)
+    real_write = checkpoint_module.write_bytes
+
+    def checkpoint_on_a_full_disk(path, data):  # the checkpoint hits the full disk; results.json still fits
+        if path.endswith(".pth.tar"):
+            with files_module.atomic_write(path) as handle:
+                handle.write(data)
+                no_space()
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint_module, "write_bytes", checkpoint_on_a_full_disk)
     code, err = run_main(["--resume", str(folder / "checkpoint.pth.tar"), "--epochs", "2"], capsys)
     assert code == 2 and "no space left on the device" in err and str(folder) in err
     assert all((folder / name).read_bytes() == data for name, data in before.items())
@@ -276,7 +290,11 @@ def test_failing_results_and_curve_writes_keep_the_old_files(tmp_path, capsys, m
         raise OSError(cause, os.strerror(cause))
 
     if target == "json":
-        monkeypatch.setattr(logging_module.json, "dump", fail)
+        def open_failing_for_results(path, *args, **kwargs):
+            if "results.json" in os.path.basename(path):
+                fail()
+            return open(path, *args, **kwargs)
+        monkeypatch.setattr(files_module, "open", open_failing_for_results, raising=False)
     else:
         import matplotlib.figure
         monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail)
@@ -339,7 +357,7 @@ def test_signal_during_a_save_finishes_the_save_then_stops(tmp_path, monkeypatch
         if len(calls) == 1:  # while epoch 1's files are being written
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(main, "save_checkpoint", save_then_signal)
+    monkeypatch.setattr(training_module, "save_checkpoint", save_then_signal)
     code, err = run_main(["--epochs", "5", "--subset", "256", "--save_path", str(tmp_path / "run")], capsys)
     assert code == 143 and "interrupted by SIGTERM in epoch 2" in err
     assert torch.load(tmp_path / "run" / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1

@@ -1,6 +1,5 @@
 """Image-folder data sets: CIFAR copies in class folders, a user's own folder, the cache."""
 import os
-import tarfile
 import time
 
 import numpy as np
@@ -9,12 +8,13 @@ import torch
 from PIL import Image
 
 import main
-from utils.data import CLASS_NAMES, build_loaders, dataset_info
+from utils.data import CLASS_NAMES, DATASETS, build_loaders, dataset_info
 from utils.errors import UserError
 from utils import image_folders
 from utils.image_folders import CACHE_NAME, load_image_folder
 
-CIFAR_JPEG_TAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.gz")
+from conftest import extract_cifar_slice, needs_cifar_jpeg
+
 
 
 def write_folder(root, classes, per_class=(3, 2), size=(8, 8), mode="RGB", ext="png", seed=0, split_names=("train", "test")):
@@ -95,14 +95,14 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path):
 def test_unwritable_folder_caches_in_the_user_cache(tmp_path, monkeypatch):
     write_folder(tmp_path / "data", ["a", "b"])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    real_save = torch.save
+    real_write = image_folders.write_bytes
 
-    def refuse_data_folder(obj, path, *args, **kwargs):
+    def refuse_data_folder(path, data):
         if str(path).startswith(str(tmp_path / "data")):
             raise PermissionError(13, "Permission denied", str(path))
-        return real_save(obj, path, *args, **kwargs)
+        return real_write(path, data)
 
-    monkeypatch.setattr(torch, "save", refuse_data_folder)
+    monkeypatch.setattr(image_folders, "write_bytes", refuse_data_folder)
     load_image_folder(str(tmp_path / "data"), log=quiet)
     assert os.listdir(tmp_path / "cache" / "ternary-cnn")
     assert not any(name.startswith(CACHE_NAME) for name in os.listdir(tmp_path / "data"))
@@ -137,19 +137,19 @@ def test_bad_layouts_name_the_problem(tmp_path, damage, message):
 
 def test_cifar10_folder_is_detected_and_class_names_checked(tmp_path):
     write_folder(tmp_path, CLASS_NAMES["cifar10"], per_class=(2, 1), size=(32, 32))
-    train, test = build_loaders("cifar10", str(tmp_path), 8, torch.device("cpu"), log=quiet)
+    train, test = build_loaders("cifar10", str(tmp_path), DATASETS["cifar10"], 8, torch.device("cpu"), log=quiet)
     assert train.dataset_size == 20 and test.dataset_size == 10
     assert test.labels.tolist() == list(range(10))
     os.rename(tmp_path / "train" / "cat", tmp_path / "train" / "kitten")
     os.rename(tmp_path / "test" / "cat", tmp_path / "test" / "kitten")
     with pytest.raises(UserError, match="missing: cat; unexpected: kitten"):
-        build_loaders("cifar10", str(tmp_path), 8, torch.device("cpu"), log=quiet)
+        build_loaders("cifar10", str(tmp_path), DATASETS["cifar10"], 8, torch.device("cpu"), log=quiet)
 
 
 def test_cifar10_folder_of_the_wrong_size_is_refused(tmp_path):
     write_folder(tmp_path, CLASS_NAMES["cifar10"], per_class=(1, 1), size=(16, 16))
     with pytest.raises(UserError, match="images are 32×32, these are 16×16"):
-        build_loaders("cifar10", str(tmp_path), 8, torch.device("cpu"), log=quiet)
+        build_loaders("cifar10", str(tmp_path), DATASETS["cifar10"], 8, torch.device("cpu"), log=quiet)
 
 
 def test_user_folder_gives_the_model_its_shape_and_statistics(tmp_path):
@@ -185,25 +185,7 @@ def test_main_folder_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "holds no" in err
 
 
-def extract_cifar_slice(root, train_per_class, test_per_class):
-    """The first N images of every class of each split from the JPEG CIFAR-10 archive."""
-    wanted = {"train": train_per_class, "test": test_per_class}
-    counts = {}
-    with tarfile.open(CIFAR_JPEG_TAR) as archive:
-        for member in archive:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 4:
-                continue
-            key = (parts[1], parts[2])
-            if counts.get(key, 0) < wanted.get(parts[1], 0):
-                counts[key] = counts.get(key, 0) + 1
-                target = os.path.join(root, parts[1], parts[2], parts[3])
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "wb") as f:
-                    f.write(archive.extractfile(member).read())
-
-
-@pytest.mark.skipif(not os.path.isfile(CIFAR_JPEG_TAR), reason="../shared/data/cifar10-jpeg.tar.gz is not on this machine")
+@needs_cifar_jpeg
 def test_real_cifar10_jpeg_slice_learns(tmp_path):
     extract_cifar_slice(tmp_path / "cifar", train_per_class=300, test_per_class=100)
     save = tmp_path / "run"

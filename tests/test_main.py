@@ -5,6 +5,7 @@ import struct
 
 import pytest
 import torch
+import torchvision
 
 import main
 from utils.data import DEBIAN_FASHION_MNIST
@@ -100,6 +101,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
         assert torch.equal(value, split["state_dict"][key]), key
 
 
+def test_resume_may_switch_precision_and_records_it_per_epoch(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main.main(["--epochs", "1", "--subset", "300", "--amp", "--channels_last", "--save_path", str(run)]) == 0
+    capsys.readouterr()
+    assert main.main(["--epochs", "2", "--resume", str(run / "checkpoint.pth.tar")]) == 0
+    assert "precision switched" not in capsys.readouterr().out  # no flags: the run keeps its own precision
+    assert main.main(["--epochs", "3", "--resume", str(run / "checkpoint.pth.tar"), "--no-amp"]) == 0
+    assert "precision switched from bf16+channels_last to fp32+channels_last at epoch 2" in capsys.readouterr().out
+    history = json.loads((run / "results.json").read_text())["history"]
+    assert [record["precision"] for record in history] == ["bf16+channels_last"] * 2 + ["fp32+channels_last"]
+
+
 @pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_subset_learns(tmp_path):
     # Measured 75.5% top-1 for this exact run (seed 5000, the batch-64 lr-0.05 small-data recipe) on a 2-core CPU; chance is 10%.
@@ -136,7 +149,6 @@ def test_pretrained_full_precision_weights_start_the_ternary_twin(tmp_path, caps
 
 
 def test_missing_cifar_without_network_is_one_line(tmp_path, monkeypatch, capsys):
-    import torchvision
     from urllib.error import URLError
 
     def offline(self):
@@ -180,7 +192,7 @@ def test_pretrained_torchvision_offline_and_unsupported_are_one_line(tmp_path, m
     def offline(name):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(main.torchvision.models, "get_weight", offline)
+    monkeypatch.setattr(torchvision.models, "get_weight", offline)
     export = ["--dataset", "imagenet", "--export", str(tmp_path / "m.tern"), "--save_path", str(tmp_path)]
     assert main.main(["--arch", "resnet18b_ff_lf_tex1", "--pretrained", "torchvision", *export]) == 2
     assert "could not download ResNet18_Weights.IMAGENET1K_V1" in capsys.readouterr().err

@@ -109,7 +109,8 @@ def test_evaluating_the_onnx_file_gives_the_checkpoints_accuracy(digits_run, cap
     assert main.main(["--evaluate", "--resume", onnx_path, "--save_path", str(digits_run / "eval_onnx")]) == 0
     assert prec1(capsys) == expected
     result = json.load(open(digits_run / "eval_onnx" / "results.json"))
-    assert result["runtime"] == "onnxruntime" and result["top1"] == pytest.approx(expected, abs=0.005)
+    assert result["format"] == "onnx" and result["source"] == onnx_path
+    assert result["top1"] == pytest.approx(expected, abs=0.005)
 
 
 @pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")

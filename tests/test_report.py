@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from utils import report
+from tools import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,34 +90,52 @@ def script(name, env, *args):
 
 def test_cifar_script_dry_run_builds_the_matrix(tmp_path):
     code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20 resnet56", "VARIANTS": "fp rel2_auto", "SEEDS": "2",
-                                               "SAVE_ROOT": str(tmp_path)}, "--epochs", "3")
+                                               "SAVE_ROOT": str(tmp_path)}, "--print_freq", "3")
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 8
-    assert f"--save_path {tmp_path}/cifar10/fp_resnet20_seed5000 " in lines[0] and "--arch resnet20 " in lines[0]
-    assert f"{tmp_path}/cifar10/rel2_auto_resnet56_seed5001" in lines[7]
+    assert f"--save_path {tmp_path}/cifar10/fp_resnet20_e200_seed5000 " in lines[0] and "--arch resnet20 " in lines[0]
+    assert f"{tmp_path}/cifar10/rel2_auto_resnet56_e200_seed5001" in lines[7]
     assert "--arch tern_resnet56 --tex 2 --tfactors auto" in lines[7] and "--manualSeed 5001" in lines[7]
-    assert all(line.rstrip().endswith("--epochs 3") and "--schedule 80 120 160" in line for line in lines)
-    assert all("--amp --channels_last" in line for line in lines)  # PRECISION=bf16 by default
+    assert all(line.rstrip().endswith("--print_freq 3") and "--epochs 200 " in line for line in lines)
+    assert all("--schedule 80 120 160" in line and "--amp --channels_last" in line for line in lines)  # bf16 default
     assert not os.listdir(tmp_path)  # a dry run runs nothing
+
+
+def test_cifar_script_takes_the_length_from_epochs_only(tmp_path):
+    code, out, err = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "SAVE_ROOT": str(tmp_path)}, "--epochs", "10")
+    assert code == 2 and out == "" and err.startswith("error: ") and "EPOCHS=N" in err
+
+
+def test_cifar_script_uses_the_repository_venv_unless_python_is_given(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    venv = os.path.isfile(os.path.join(ROOT, ".venv", "bin", "python"))
+    done = subprocess.run(["bash", "train_CIFAR10.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**env, "DRY_RUN": "1", "ARCHS": "resnet20", "VARIANTS": "fp", "SAVE_ROOT": str(tmp_path)})
+    assert done.stdout.startswith(".venv/bin/python main.py " if venv else "python main.py ")
+    _, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "fp", "SAVE_ROOT": str(tmp_path),
+                                            "PYTHON": "/opt/py/bin/python3"})
+    assert out.startswith("/opt/py/bin/python3 main.py ")
 
 
 def test_cifar_script_compresses_the_schedule_and_sets_precision(tmp_path):
     code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "tern", "EPOCHS": "40",
                                                "PRECISION": "fp32", "SAVE_ROOT": str(tmp_path)})
     assert code == 0 and "--epochs 40 " in out and "--schedule 16 24 32 --gammas 0.1 0.1 0.5" in out
-    assert "--amp" not in out and "--channels_last" not in out
+    assert "--no-amp --no-channels_last" in out and " --amp " not in out and " --channels_last" not in out
     code, _, err = script("train_CIFAR10.sh", {"PRECISION": "fp8"})
     assert code == 2 and "unknown PRECISION 'fp8'" in err
 
 
 def test_cifar_script_skips_finished_and_resumes_partial_runs(tmp_path):
-    write_run(tmp_path / "cifar10/fp_resnet20_seed5000", "resnet20", 5000, 91.0)
-    os.makedirs(tmp_path / "cifar10/tern_resnet20_seed5000")
-    open(tmp_path / "cifar10/tern_resnet20_seed5000/checkpoint.pth.tar", "wb").close()
-    code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "SAVE_ROOT": str(tmp_path)})
+    write_run(tmp_path / "cifar10/fp_resnet20_e40_seed5000", "resnet20", 5000, 91.0, epochs=40)
+    os.makedirs(tmp_path / "cifar10/tern_resnet20_e40_seed5000")
+    open(tmp_path / "cifar10/tern_resnet20_e40_seed5000/checkpoint.pth.tar", "wb").close()
+    code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "SAVE_ROOT": str(tmp_path), "EPOCHS": "40"})
     lines = out.strip().splitlines()
     assert code == 0 and lines[0].startswith("== skip (finished)")
-    assert lines[1].rstrip().endswith(f"--resume {tmp_path}/cifar10/tern_resnet20_seed5000/checkpoint.pth.tar")
+    assert lines[1].rstrip().endswith(f"--resume {tmp_path}/cifar10/tern_resnet20_e40_seed5000/checkpoint.pth.tar")
+    _, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "SAVE_ROOT": str(tmp_path)})
+    assert "== skip" not in out and "--resume" not in out  # the 200-epoch runs are other folders
 
 
 @pytest.mark.parametrize("env,message", [({"ARCHS": "resnet99"}, "unknown arch 'resnet99'"),
@@ -144,7 +162,7 @@ def test_imagenet_script_dry_run(tmp_path):
 
 def test_gap_report_compares_two_runs(tmp_path, capsys):
     import main
-    from utils import gap_report
+    from tools import gap_report
 
     for arch in ("resnet20", "tern_resnet20"):
         assert main.main(["--arch", arch, "--epochs", "2", "--subset", "256", "--save_path", str(tmp_path / arch)]) == 0
@@ -156,3 +174,34 @@ def test_gap_report_compares_two_runs(tmp_path, capsys):
     assert "latent weights with |W| >= 1" in out and "after recomputing BatchNorm statistics on 256" in out
     rows = [line for line in out.splitlines() if line.startswith("| 2 |")]
     assert len(rows) == 1  # the last epoch's row of the side-by-side history
+
+
+def test_paper_table_pairs_seeds_and_lists_depths_without_runs(tmp_path):
+    for seed, fp, tern in ((5000, 86.0, 85.0), (5001, 87.0, 85.5), (5002, 86.5, 86.5)):
+        write_run(tmp_path / f"fp{seed}", "resnet20", seed, fp, epochs=40)
+        write_run(tmp_path / f"tern{seed}", "tern_resnet20", seed, tern, epochs=40)
+    write_run(tmp_path / "fp200", "resnet20", 5000, 91.0, epochs=200)
+    write_run(tmp_path / "partial", "tern_resnet20", 5000, 50.0, epochs=200, done=3, status="running")
+    table = report.paper_table(report.find_runs([str(tmp_path)])).splitlines()
+    assert len(table) == 2 + 2 + 3  # header, ResNet-20 at 40 and 200 epochs, one row per other depth
+    r20_40, r20_200 = table[2].split(" | "), table[3].split(" | ")
+    assert r20_40[1:6] == ["40", "3", "86.50 ± 0.50", "85.67 ± 0.76", "-0.83 ± 0.76"]  # gaps -1.0, -1.5, 0.0
+    assert r20_40[6] == "91.70 / 91.65 / -0.05"
+    assert r20_200[1:6] == ["200", "1", "91.00", "—", "—"]  # the partial ternarized run is not a result
+    assert table[4].startswith("| ResNet-32 | 40 | not run | — | — | — | 92.36 / 92.48 / +0.12")
+
+
+def test_readme_block_is_replaced_in_place(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- table:cifar10 (how) -->\nold\n<!-- /table:cifar10 -->\nend\n")
+    assert report.update_document(str(doc), "cifar10", "| new |")
+    assert doc.read_text() == "intro\n<!-- table:cifar10 (how) -->\n| new |\n<!-- /table:cifar10 -->\nend\n"
+    assert not report.update_document(str(doc), "cifar10", "| new |")
+    with pytest.raises(ValueError, match="no <!-- table:other"):
+        report.update_document(str(doc), "other", "x")
+
+
+def test_a_run_resumed_in_another_precision_shows_both():
+    history = [{"precision": "bf16+channels_last"}, {"precision": "bf16+channels_last"}, {"precision": "fp32"}]
+    assert report.run_precision({"history": history, "precision": "fp32"}) == "bf16→fp32"
+    assert report.run_precision({"args": {"amp": True}}) == "bf16"

@@ -163,7 +163,7 @@ def test_bad_threshold_flags(argv, message, tmp_path, capsys):
 
 
 def test_threshold_report_command(tmp_path, capsys):
-    from utils import thresholds
+    from tools import thresholds
 
     thresholds.main(["--arch", "tern_resnet20", "--json", str(tmp_path / "report.json")])
     out = capsys.readouterr().out

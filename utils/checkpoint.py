@@ -12,7 +12,6 @@ import io
 import os
 import pickle
 import pickletools
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,7 +22,8 @@ import torch.nn as nn
 
 from models import set_layer_bias_copies, set_layer_tfactors, use_reference_rel_bias
 
-from .errors import UserError, write_error
+from .errors import UserError
+from .files import write_bytes
 
 
 class ReferenceRecorderStub:
@@ -138,31 +138,13 @@ def load_checkpoint(path: str) -> dict:
     return dict(checkpoint)
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def save_checkpoint(state: dict, path: str) -> None:
-    """Serialise in memory, write to a temporary file in the same folder, fsync, then
-    rename over `path`: a crash or a full disk mid-save leaves the previous file intact.
-    A failed write is a UserError naming the file and the cause (no space, permission)."""
+    """Serialise in memory, then write atomically (utils.files): a crash or a full disk
+    mid-save leaves the previous file intact, and a failed write is a UserError naming
+    the file and the cause (no space, permission)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp_path = None
-    try:
-        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth.tar")
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from the user's group
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    finally:
-        if tmp_path is not None and os.path.exists(tmp_path):
-            os.unlink(tmp_path)
+    write_bytes(path, buffer.getbuffer())
 
 
 def is_reference_checkpoint(checkpoint: Mapping) -> bool:

@@ -122,36 +122,3 @@ def format_report(report: dict, max_layers: int = 60) -> str:
                  f"({report['mac_reduction']:.2f}x fewer), of which additions only {totals['add_only_macs']:,}; "
                  f"multiplications {totals['multiplications']:,} ({report['multiplication_reduction']:.1f}x fewer)")
     return "\n".join(lines)
-
-
-def main() -> None:
-    """python -m utils.compression [ARCH ...]: export each arch (random weights) to a
-    temporary packed file and print its size against the fp32 state_dict file."""
-    import argparse
-    import os
-    import tempfile
-
-    from models import ARCHS, get_model
-
-    from .export import export_packed
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("archs", nargs="*", default=["tern_resnet20", "resnet18b_ff_lf_tex1", "resnet18b_fq_lq_tex1",
-                                                     "resnet18b_fq_lq_tern_tex_2", "resnet18b_fq_lq_tern_tex_4"])
-    args = parser.parse_args()
-    print("| arch | fp32 state_dict (B) | packed (B) | ratio | MACs/image | non-zero | multiplications |")
-    print("|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as folder:
-        for arch in args.archs:
-            torch.manual_seed(0)
-            model = get_model(arch).eval()
-            size = export_packed(model, os.path.join(folder, f"{arch}.tern"))
-            image = 32 if ARCHS[arch].family == "cifar" else 224
-            report = compression_report(model, (3, image, image), size)
-            totals = report["totals"]
-            print(f"| {arch} | {report['fp32_state_dict_bytes']:,} | {size:,} | {report['compression_ratio']:.2f}× | "
-                  f"{totals['macs']:,} | {totals['nonzero_macs']:,} | {totals['multiplications']:,} |")
-
-
-if __name__ == "__main__":
-    main()

@@ -71,18 +71,13 @@ DATASETS: dict[str, DatasetInfo] = {
 def dataset_info(name: str, data_path: str | None = None, log: Callable[[str], None] = print) -> DatasetInfo:
     """The data set's shape and preprocessing. For "folder" it is read from the folder
     at data_path (decoded once, then cached): its classes, channels, square image size,
-    per-channel mean/std of the training split, and a crop padding of size/8."""
+    per-channel mean/std of the training split, and a crop padding of size/8. A run asks
+    once and passes the result down."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; valid datasets: {', '.join(DATASETS)}")
     if name != "folder" or data_path is None:
         return DATASETS[name]
-    root = os.path.abspath(data_path)
-    if root not in _FOLDER_INFO:  # a run asks every epoch (results.json); list the folder once per process
-        _FOLDER_INFO[root] = _folder_info(data_path, log)
-    return _FOLDER_INFO[root]
-
-
-_FOLDER_INFO: dict[str, DatasetInfo] = {}
+    return _folder_info(data_path, log)
 
 
 def _folder_info(data_path: str, log: Callable[[str], None]) -> DatasetInfo:
@@ -359,15 +354,15 @@ def random_subset(size: int, subset: int | None, seed: int) -> torch.Tensor | No
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:subset]
 
 
-def build_loaders(name: str, data_path: str, batch_size: int, device: torch.device, seed: int = 0,
+def build_loaders(name: str, data_path: str, info: DatasetInfo, batch_size: int, device: torch.device, seed: int = 0,
                   workers: int = 4, subset: int | None = None, include_train: bool = True, rank: int = 0,
                   world_size: int = 1, log: Callable[[str], None] = print
                   ) -> tuple[TensorLoader | ImageFolderLoader | None, TensorLoader | ImageFolderLoader]:
     """(train loader, test loader) for a data set; both have set_epoch and dataset_size.
     `subset` trains on a seeded random subset of the training split; with
     include_train=False (evaluation) the train loader is None and ImageNet's train
-    folder is not scanned. `batch_size` is per process; rank/world_size shard both splits."""
-    info = dataset_info(name, data_path, log)
+    folder is not scanned. `info` is dataset_info's for the data set. `batch_size` is per
+    process; rank/world_size shard both splits."""
     shard = dict(rank=rank, world_size=world_size)
     if name == "imagenet":
         train, test = load_imagenet(data_path, batch_size, workers, device.type == "cuda", seed, include_train, subset,

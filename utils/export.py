@@ -40,6 +40,8 @@ from models import ARCHS
 from models.ternary import ternary_branches, ternary_layers
 
 from .errors import UserError
+from .files import write_bytes
+from .onnx_export import export_onnx, is_onnx_file
 
 MAGIC = b"TERNPACK"
 VERSION = 1
@@ -169,8 +171,7 @@ def export_packed(model: nn.Module, path: str, encoding: str = "dense") -> int:
                                       separators=(",", ":")).encode(), level=9)
     body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(blobs)
     data = body + hashlib.sha256(body).digest()
-    with open(path, "wb") as f:
-        f.write(data)
+    write_bytes(path, data)
     return len(data)
 
 
@@ -235,3 +236,15 @@ def load_packed(path: str) -> nn.Module:
                              for entry in header["tensors"] if entry["kind"] == "ternary"}
     return model.eval()
 
+
+def export_model(model: nn.Module, path: str, input_shape: tuple[int, int, int], encoding: str = "dense") -> str:
+    """Write `model` as a packed file (PATH.tern) or ONNX (PATH.onnx), by the suffix;
+    returns the line that tells what was written."""
+    if is_onnx_file(path):
+        written = export_onnx(model, path, input_shape)
+        kind = (f"{written['ternary_layers']} ternary layers as int4 codes" if written["ternary_layers"]
+                else "no ternary layers: a plain float32 model")
+        return (f"=> wrote {path} ({written['bytes']:,} bytes, {kind}; the float32 ONNX of the same graph: "
+                f"{written['fp32_bytes']:,} bytes, {written['fp32_bytes'] / written['bytes']:.2f}× larger)")
+    size = export_packed(model, path, encoding)
+    return f"=> wrote {path} ({size:,} bytes, {encoding} encoding)"

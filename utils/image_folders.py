@@ -14,6 +14,7 @@ process the decoded tensors of the last folder are kept in memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .files import write_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CACHE_NAME = ".decoded.pt"
@@ -143,16 +145,15 @@ def _read_cache(path: str, fingerprint: str) -> dict | None:
 
 def _write_cache(cache: dict) -> str | None:
     """Write the cache atomically to the first writable location; None if none is."""
+    buffer = io.BytesIO()
+    torch.save(cache, buffer)
     for path in _cache_paths(cache["root"]):
-        temporary = f"{path}.tmp-{os.getpid()}"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.save(cache, temporary)
-            os.replace(temporary, path)
+            write_bytes(path, buffer.getbuffer())
             return path
-        except OSError:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        except (OSError, UserError):
+            continue
     return None
 
 

@@ -1,8 +1,7 @@
-"""Everything a run writes besides checkpoints: log.txt (and the console), TensorBoard
-scalars in tb_log/, the curve.png plot and results.json."""
+"""What a run logs besides checkpoints and results.json: log.txt (and the console),
+TensorBoard scalars in tb_log/ and the curve.png plot."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -12,6 +11,7 @@ import torch.nn as nn
 from models.ternary import layer_stats, ternary_layers
 
 from .errors import write_error
+from .files import atomic_write
 
 
 class LogFileHandler(logging.FileHandler):
@@ -117,29 +117,16 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
     handles = acc_axis.get_legend_handles_labels()[0] + loss_axis.get_legend_handles_labels()[0]
     acc_axis.legend(handles, [h.get_label() for h in handles], loc="center right")
     acc_axis.set_title(title)
+    save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path: str, dpi: int) -> None:
+    """Write a matplotlib figure as PNG atomically, then free it."""
+    import matplotlib.pyplot as plt  # matplotlib is imported only where a figure is drawn
+
     fig.tight_layout()
-    temporary = f"{path}.tmp.png"
     try:
-        fig.savefig(temporary, dpi=100)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise write_error(path, exc) from None
+        with atomic_write(path) as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_json(data: dict, path: str) -> None:
-    """Write `data` as JSON atomically (temporary file, then rename); a failed write is a
-    UserError naming the file and the cause, and leaves the previous file intact."""
-    tmp_path = path + ".tmp"
-    try:
-        with open(tmp_path, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)

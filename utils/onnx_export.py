@@ -16,6 +16,7 @@ t_ex·b it applies.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -24,7 +25,8 @@ import torch.nn as nn
 
 from models.ternary import inference_twin, ternary_branches, ternary_layers
 
-from .errors import UserError, write_error
+from .errors import UserError
+from .files import write_bytes
 
 OPSET = 21  # the first opset whose DequantizeLinear takes int4
 
@@ -96,25 +98,17 @@ def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int], 
     codes = {f"{name}.weight" if name else "weight": _branch_codes(layer) for name, layer in ternary_layers(model)
              if ternary_codes}
     twin = inference_twin(model).cpu().float()
-    staging = f"{path}.tmp-{os.getpid()}"  # torch.onnx writes the weights beside it, as staging.data
-    try:
-        _torch_export(twin, staging, input_shape)
-        proto = onnx.load(staging)
-        for node in proto.graph.node:  # the exporter's per-node stack traces: most of a small model's bytes
-            del node.metadata_props[:]
-            node.doc_string = ""
-        fp32_bytes = proto.ByteSize()
-        _quantize_weights(proto.graph, codes)
-        proto.producer_name = "ternarized-cnn"
-        onnx.checker.check_model(proto)
-        onnx.save(proto, staging)
-        os.replace(staging, path)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    finally:
-        for leftover in (staging, f"{staging}.data"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+    with tempfile.TemporaryDirectory() as staging:  # torch.onnx writes the weights beside the graph
+        _torch_export(twin, os.path.join(staging, "model.onnx"), input_shape)
+        proto = onnx.load(os.path.join(staging, "model.onnx"))
+    for node in proto.graph.node:  # the exporter's per-node stack traces: most of a small model's bytes
+        del node.metadata_props[:]
+        node.doc_string = ""
+    fp32_bytes = proto.ByteSize()
+    _quantize_weights(proto.graph, codes)
+    proto.producer_name = "ternarized-cnn"
+    onnx.checker.check_model(proto)
+    write_bytes(path, proto.SerializeToString())
     return {"bytes": os.path.getsize(path), "ternary_layers": len(codes), "fp32_bytes": fp32_bytes}
 
 

@@ -1,34 +1,24 @@
-"""Continuing a run from its checkpoint: this project's files (bit-exact: weights,
-optimizer, lr schedule, random-number state, history) and the authors' reference files
-(weights, epoch and optimizer state; their REL bias rule).
+"""Continuing a run from its checkpoint: this project's files (bit-exact: optimizer, lr
+schedule, random-number state, history; the weights come with utils.model_loader) and
+the authors' reference files (epoch and optimizer state).
 
 A resumed run keeps the settings it was started with: flags left unset take the
 checkpoint's values, a flag set to a different value is refused (--epochs may change,
 to train longer or shorter), so results.json never records one thing while the run
 does another. Where the data is and how fast it runs (--data_path, --amp, ...) are taken
-from the checkpoint too when not given, and may change.
+from the checkpoint too when not given, and may change (main.py applies these rules).
 """
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from .checkpoint import is_reference_checkpoint, restore_model
+from .checkpoint import is_reference_checkpoint
 from .errors import UserError
-
-# Flags that define the experiment; the dest of `auto_thresholds` is set by --tfactors.
-RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "threshold_every", "first_last",
-                "optimizer", "learning_rate", "momentum", "decay", "batch_size", "schedule", "gammas", "manualSeed",
-                "subset")
-_FLAG_OF = {"auto_thresholds": "tfactors"}
-# Flags a resumed run takes from the checkpoint when not given, and may change.
-CARRIED_OVER = ("data_path", "amp", "amp_dtype", "channels_last", "model_only", "print_freq", "workers")
 
 
 @dataclass
@@ -37,30 +27,6 @@ class TrainingState:
     best_acc: float = 0.0
     best_epoch: int | None = None
     history: list = field(default_factory=list)
-
-
-def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
-    """Make `args` the resumed run's settings (see the module docstring)."""
-    saved = checkpoint.get("args")
-    if not isinstance(saved, dict):
-        return
-    explicit = set(args.explicit)
-    for key in RUN_DEFINING:
-        if key not in saved:
-            continue
-        flag = _FLAG_OF.get(key, key)
-        if flag in explicit and getattr(args, key) != saved[key]:
-            shown = "auto" if key == "auto_thresholds" else getattr(args, key)
-            raise UserError(f"--{flag} {shown} differs from the run being resumed ({saved[key]}); a resumed run keeps "
-                            "its settings: drop the flag, or use --fine_tune to start a new schedule from its weights")
-        setattr(args, key, saved[key])
-    for key in CARRIED_OVER:
-        if key in saved and key not in explicit:
-            setattr(args, key, saved[key])
-    if "epochs" in explicit and saved.get("epochs") not in (None, args.epochs):
-        log(f"=> --epochs {args.epochs}: the run was started for {saved['epochs']} epochs")
-    elif "epochs" in saved:
-        args.epochs = saved["epochs"]
 
 
 def rng_state() -> dict:
@@ -78,40 +44,45 @@ def set_rng_state(state: dict) -> None:
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
 
 
-def load_optimizer_state(args: argparse.Namespace, optimizer: torch.optim.Optimizer, state: dict) -> None:
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The command line's optimizer: its kind and hyper-parameters."""
+    name: str  # "SGD" (Nesterov) or "Adam"
+    learning_rate: float
+    momentum: float
+    decay: float
+
+
+def load_optimizer_state(path: str, settings: OptimizerSettings, optimizer: torch.optim.Optimizer,
+                         state: dict) -> None:
     """optimizer.load_state_dict, refused with a clear error when the file's optimizer is
     another kind or has other parameters."""
     groups = state.get("param_groups") if isinstance(state, dict) else None
     if not groups or not isinstance(groups[0], dict):
-        raise UserError(f"{args.resume}: the optimizer state is damaged")
+        raise UserError(f"{path}: the optimizer state is damaged")
     saved_kind = "Adam" if "betas" in groups[0] else "SGD" if "momentum" in groups[0] else "unknown"
-    if saved_kind != args.optimizer:
-        raise UserError(f"{args.resume} was trained with the {saved_kind} optimizer; resume it with "
+    if saved_kind != settings.name:
+        raise UserError(f"{path} was trained with the {saved_kind} optimizer; resume it with "
                         f"--optimizer {saved_kind} (or use --fine_tune to restart from its weights)")
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{args.resume}: the optimizer state does not fit this model ({exc})") from exc
+        raise UserError(f"{path}: the optimizer state does not fit this model ({exc})") from exc
 
 
-def resume(args: argparse.Namespace, checkpoint: dict, model: nn.Module, optimizer, scheduler,
-           log: Callable[[str], None]) -> TrainingState:
-    """Load --resume into the model (always) and the training state (unless --evaluate,
-    --export or --fine_tune). A damaged training state is a UserError naming what is wrong."""
-    reference_bias = restore_model(model, checkpoint, args.resume)
-    if reference_bias:
-        log(f"=> {args.resume} is a reference checkpoint: REL layers {', '.join(reference_bias)} add their bias "
-            "once per branch, as the reference does")
-    if args.evaluate or args.fine_tune or args.export:
-        log(f"=> loaded {args.resume} (weights only)")
-        return TrainingState(args.start_epoch)
+def resume_training(path: str, checkpoint: dict, settings: OptimizerSettings, optimizer: torch.optim.Optimizer,
+                    scheduler, start_epoch: int, log: Callable[[str], None]) -> TrainingState:
+    """The training state of a checkpoint whose weights are already in the model
+    (utils.model_loader.load_model): optimizer, lr schedule, random-number state, epoch,
+    best top-1 and history. A file without one starts at `start_epoch`. A damaged
+    training state is a UserError naming what is wrong."""
     try:
         if is_reference_checkpoint(checkpoint):
-            return _resume_reference(args, checkpoint, optimizer, scheduler, log)
+            return _resume_reference(path, checkpoint, settings, optimizer, scheduler, start_epoch, log)
         if not all(k in checkpoint for k in ("epoch", "optimizer", "scheduler", "history")):
-            log(f"=> loaded {args.resume} (weights only: the file holds no training state)")
-            return TrainingState(args.start_epoch)
-        load_optimizer_state(args, optimizer, checkpoint["optimizer"])
+            log(f"=> loaded {path} (weights only: the file holds no training state)")
+            return TrainingState(start_epoch)
+        load_optimizer_state(path, settings, optimizer, checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
@@ -120,36 +91,37 @@ def resume(args: argparse.Namespace, checkpoint: dict, model: nn.Module, optimiz
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        raise UserError(f"{args.resume}: its training state is damaged ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path}: its training state is damaged ({type(exc).__name__}: {exc})") from None
     if len(state.history) != state.start_epoch:
-        raise UserError(f"{args.resume}: its training state is damaged (epoch {state.start_epoch} but "
+        raise UserError(f"{path}: its training state is damaged (epoch {state.start_epoch} but "
                         f"{len(state.history)} epochs of history)")
-    log(f"=> resumed {args.resume} at epoch {state.start_epoch}")
+    log(f"=> resumed {path} at epoch {state.start_epoch}")
     return state
 
 
-def _resume_reference(args: argparse.Namespace, checkpoint: dict, optimizer, scheduler,
-                      log: Callable[[str], None]) -> TrainingState:
+def _resume_reference(path: str, checkpoint: dict, settings: OptimizerSettings, optimizer, scheduler,
+                      start_epoch: int, log: Callable[[str], None]) -> TrainingState:
     """Continue a run of the authors' code: its epoch, its optimizer state (momentum
     buffers; the parameter order is the same), the lr schedule placed at that epoch, and
     the best accuracy its recorder holds. Their curves are not converted."""
     if not all(k in checkpoint for k in ("epoch", "optimizer")):
-        log(f"=> loaded {args.resume} (weights only: the reference file holds no epoch and optimizer)")
-        return TrainingState(args.start_epoch)
+        log(f"=> loaded {path} (weights only: the reference file holds no epoch and optimizer)")
+        return TrainingState(start_epoch)
     epoch = int(checkpoint["epoch"])
-    load_optimizer_state(args, optimizer, checkpoint["optimizer"])
+    load_optimizer_state(path, settings, optimizer, checkpoint["optimizer"])
     factor = scheduler.lr_lambdas[0](epoch)
     for group in optimizer.param_groups:  # the command line's hyper-parameters, the file's buffers
-        group.update(initial_lr=args.learning_rate, lr=args.learning_rate * factor, weight_decay=args.decay)
-        if args.optimizer == "SGD":
-            group.update(momentum=args.momentum, nesterov=True)
-    scheduler.base_lrs = [args.learning_rate] * len(optimizer.param_groups)
+        group.update(initial_lr=settings.learning_rate, lr=settings.learning_rate * factor,
+                     weight_decay=settings.decay)
+        if settings.name == "SGD":
+            group.update(momentum=settings.momentum, nesterov=True)
+    scheduler.base_lrs = [settings.learning_rate] * len(optimizer.param_groups)
     scheduler.last_epoch = epoch
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     accuracy = getattr(checkpoint.get("recorder"), "epoch_accuracy", None)
     best = float(np.max(accuracy[:epoch, 1])) if isinstance(accuracy, np.ndarray) and accuracy.ndim == 2 and epoch else 0.0
-    log(f"=> resumed reference checkpoint {args.resume} at epoch {epoch}: restored the weights, the optimizer state "
-        f"(momentum buffers), lr {args.learning_rate * factor:.2e} from the schedule"
+    log(f"=> resumed reference checkpoint {path} at epoch {epoch}: restored the weights, the optimizer state "
+        f"(momentum buffers), lr {settings.learning_rate * factor:.2e} from the schedule"
         + (f" and best top-1 {best:.2f} from its recorder" if best else "")
         + "; not restored: its training curves and random-number state")
     return TrainingState(epoch, best)

@@ -14,15 +14,11 @@ import shutil
 from collections.abc import Iterator
 
 from .errors import UserError, write_error
+from .files import is_temporary
 
 LOCK_NAME = ".lock"
 TRAINING_OUTPUTS = ("results.json", "checkpoint.pth.tar", "model_best.pth.tar", "curve.png", "compression.json",
                     "log.txt", "tb_log")
-
-
-def _is_temporary(name: str) -> bool:
-    """Files only a writer in the middle of an atomic write has: .tmp-*.pth.tar, *.tmp, *.tmp.png."""
-    return name.startswith(".tmp-") or name.endswith((".tmp", ".tmp.png")) or ".tmp-" in name
 
 
 def holds_training_run(path: str) -> bool:
@@ -80,7 +76,7 @@ def claim_run_folder(path: str, mode: str, resuming: bool = False, overwrite: bo
         if mode == "evaluate" and holds_training_run(path) and not overwrite:
             raise UserError(f"{path} holds a training run; give the evaluation its own --save_path")
         for name in os.listdir(path):
-            if _is_temporary(name):
+            if is_temporary(name):
                 os.remove(os.path.join(path, name))
         yield
     finally:

@@ -1,7 +1,7 @@
 """Results of training runs next to the paper's numbers.
 
-    python -m utils.report save/                      # every run under save/, table to save/report.md
-    python -m utils.report save/cifar10 --output cifar10.md --curves cifar10.png
+    python -m tools.report save/                      # every run under save/, table to save/report.md
+    python -m tools.report save/cifar10 --output cifar10.md --curves cifar10.png
 
 Scans the folders for results.json (written by main.py every epoch), groups runs that
 differ only in their seed, and prints a markdown table: top-1 (mean ± std over seeds),
@@ -23,6 +23,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from utils.files import write_text  # noqa: E402
+from utils.logging import save_figure  # noqa: E402
 
 # Top-1 reported by the authors (WACV 2019), keyed by (dataset, arch) as the reference names them.
 PAPER_TOP1 = {
@@ -74,6 +77,18 @@ def config_label(results: dict) -> str:
     return " ".join(parts)
 
 
+def run_precision(results: dict) -> str:
+    """fp32 / bf16 / fp16 of a run: recorded in results.json, or (records of older versions)
+    taken from its --amp flags; a run resumed in another precision shows both, e.g. bf16→fp32."""
+    per_epoch = [record["precision"].split("+")[0] for record in results.get("history") or [] if record.get("precision")]
+    if per_epoch:
+        return "→".join(dict.fromkeys(per_epoch))
+    if results.get("precision"):
+        return results["precision"].split("+")[0]
+    args = results.get("args", {})
+    return {"bfloat16": "bf16", "float16": "fp16"}[args.get("amp_dtype", "bfloat16")] if args.get("amp") else "fp32"
+
+
 def read_run(folder: str) -> Run | None:
     """The run in `folder`, or None when it holds neither results.json nor a checkpoint."""
     path = os.path.join(folder, "results.json")
@@ -86,7 +101,7 @@ def read_run(folder: str) -> Run | None:
         results = json.load(f)
     args = results.get("args", {})
     label, seed = config_label(results), args.get("manualSeed")
-    precision = {"bfloat16": "bf16", "float16": "fp16"}[args.get("amp_dtype", "bfloat16")] if args.get("amp") else "fp32"
+    precision = run_precision(results)
     if results.get("mode") == "evaluate":  # e.g. pretrained full-precision weights, evaluated only
         return Run(folder, results.get("dataset", "?"), label, seed, "complete", 0, 0, results.get("top1"),
                    results.get("top1"), precision, results.get("weight_compression"), results.get("sparsity"),
@@ -190,6 +205,67 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _paired_gaps(fp: list[Run], tern: list[Run]) -> list[float]:
+    """Ternarized minus full-precision best top-1, one value per seed both have."""
+    fp_by_seed = {run.seed: run.best_top1 for run in fp}
+    return [run.best_top1 - fp_by_seed[run.seed] for run in tern if run.seed in fp_by_seed]
+
+
+def _train_minutes(runs: list[Run]) -> str:
+    minutes = [sum(record.get("time_s", 0.0) for record in run.history) / 60 for run in runs if run.history]
+    return f"{statistics.mean(minutes):.0f}" if minutes else "—"
+
+
+def paper_table(runs: list[Run], dataset: str = "cifar10", depths: tuple[int, ...] = (20, 32, 44, 56),
+                default_epochs: int = 40) -> str:
+    """The paper's CIFAR table from finished runs: per depth and schedule length, best top-1
+    of the full-precision and the ternarized ResNet (mean ± std over seeds), their gap
+    (mean ± std of the per-seed differences) and the authors' numbers. A depth with no
+    finished run gets one row at `default_epochs` saying so."""
+    complete = [run for run in runs if run.status == "complete" and run.dataset == dataset and run.best_top1 is not None]
+    lines = ["| model | epochs | seeds | full precision top-1 % | ternarized top-1 % | gap (points) | "
+             "paper FP / ternarized / gap (200 epochs) | precision | training minutes / run (FP, tern) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for depth in depths:
+        fp_config, tern_config = f"resnet{depth}", f"tern_resnet{depth}"
+        paper_fp, paper_tern = PAPER_TOP1[(dataset, fp_config)], PAPER_TOP1[(dataset, tern_config)]
+        paper = f"{paper_fp:.2f} / {paper_tern:.2f} / {paper_tern - paper_fp:+.2f}"
+        pair = [run for run in complete if run.config in (fp_config, tern_config)]
+        for epochs in sorted({run.epochs for run in pair}) or [default_epochs]:
+            fp = [run for run in pair if run.config == fp_config and run.epochs == epochs]
+            tern = [run for run in pair if run.config == tern_config and run.epochs == epochs]
+            gaps = _paired_gaps(fp, tern)
+            seeds = sorted({run.seed for run in fp + tern}, key=str)
+            precision = "/".join(sorted({run.precision for run in fp + tern})) or "—"
+            gap = "—" if not gaps else (f"{gaps[0]:+.2f}" if len(gaps) == 1 else
+                                        f"{statistics.mean(gaps):+.2f} ± {statistics.stdev(gaps):.2f}")
+            lines.append(f"| ResNet-{depth} | {epochs} | {len(seeds) or 'not run'} | "
+                         f"{_mean_std([r.best_top1 for r in fp])} | {_mean_std([r.best_top1 for r in tern])} | {gap} | "
+                         f"{paper} | {precision} | {_train_minutes(fp)}, {_train_minutes(tern)} |")
+    return "\n".join(lines)
+
+
+def readme_block(text: str, name: str) -> tuple[int, int]:
+    """Where the generated table `name` lies in a document: between the lines
+    `<!-- table:NAME ... -->` and `<!-- /table:NAME -->` (start and end offsets of its body)."""
+    begin = re.search(rf"<!-- table:{re.escape(name)}\b[^>]*-->\n", text)
+    end = text.find(f"<!-- /table:{name} -->")
+    if begin is None or end < begin.end():
+        raise ValueError(f"no <!-- table:{name} --> ... <!-- /table:{name} --> block")
+    return begin.end(), end
+
+
+def update_document(path: str, name: str, table: str) -> bool:
+    """Replace the body of the block `name` in the document at `path`; True if it changed."""
+    with open(path) as f:
+        text = f.read()
+    start, end = readme_block(text, name)
+    updated = text[:start] + table + "\n" + text[end:]
+    if updated != text:
+        write_text(path, updated)
+    return updated != text
+
+
 def plot_runs(runs: list[Run], path: str) -> None:
     """One row per data set: validation top-1 and training loss per epoch of every run with
     a history; one colour per configuration, one line style per seed."""
@@ -215,9 +291,7 @@ def plot_runs(runs: list[Run], path: str) -> None:
             axis.grid(alpha=0.3)
         if group:
             loss_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("roots", nargs="+", help="save folders to scan (recursively)")
     parser.add_argument("--output", default=None, help="markdown file (default: ROOT/report.md of the first root)")
     parser.add_argument("--curves", default=None, help="curves PNG (default: ROOT/curves.png of the first root)")
+    parser.add_argument("--readme", default=None, metavar="DOC",
+                        help="also write the paper's CIFAR-10 table (full precision vs ternarized per ResNet depth) "
+                             "into DOC's <!-- table:cifar10 --> block, e.g. README.md")
     args = parser.parse_args(argv)
     missing = [root for root in args.roots if not os.path.isdir(root)]
     if missing:
@@ -237,10 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     output = args.output or os.path.join(args.roots[0], "report.md")
     curves = args.curves or os.path.join(args.roots[0], "curves.png")
-    with open(output, "w") as f:
-        f.write(table + "\n")
+    write_text(output, table + "\n")
     plot_runs(runs, curves)
     print(f"\nwrote {output} and {curves} ({len(runs)} runs)")
+    if args.readme:
+        cifar10 = paper_table(runs)
+        print(f"\n{cifar10}")
+        try:
+            changed = update_document(args.readme, "cifar10", cifar10)
+        except ValueError as exc:
+            parser.error(f"{args.readme}: {exc}")
+        print(f"{'updated' if changed else 'unchanged'}: the CIFAR-10 table in {args.readme}")
     return 0
 
 

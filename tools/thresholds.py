@@ -1,7 +1,7 @@
 """Paper's fixed threshold factors vs optimised thresholds, per layer and in total.
 
-    python -m utils.thresholds                                   # torchvision-layout ResNet-18, random weights
-    python -m utils.thresholds --checkpoint save/fashion_mnist/tern_resnet20_seed5000/model_best.pth.tar
+    python -m tools.thresholds                                   # torchvision-layout ResNet-18, random weights
+    python -m tools.thresholds --checkpoint save/fashion_mnist/tern_resnet20_e5_seed5000/model_best.pth.tar
 
 For every conv / linear weight (4-D or 2-D "*.weight" tensor) and t_ex = 1, 2, 4 it prints
 the relative reconstruction error e(W) = min_c ‖W − c·Q(W)‖/‖W‖ and the sparsity (share
@@ -17,7 +17,7 @@ import torch
 from models import get_model
 from models.ternary import optimize_thresholds, paper_tfactors, reconstruction_error
 from utils.checkpoint import extract_state_dict, load_checkpoint
-from utils.logging import write_json
+from utils.files import write_json
 
 TEX_VALUES = (1, 2, 4)
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{len(weights)} layers, {sum(w.numel() for w in weights.values()):,} weights; optimize_thresholds "
           "over all of them: " + ", ".join(f"t_ex={tex} {optimisation_seconds(weights, tex):.3f}s" for tex in TEX_VALUES))
     if args.json:
-        write_json(report, args.json)
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

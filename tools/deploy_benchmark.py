@@ -2,9 +2,9 @@
 (the int4-code export) and with int8 activations (onnxruntime's static quantization),
 against PyTorch eager fp32 — accuracy and latency measured in one run.
 
-    python -m utils.deploy_benchmark --checkpoint save/cifar10/tern_resnet20_seed5000/model_best.pth.tar \\
+    python -m tools.deploy_benchmark --checkpoint save/cifar10/tern_resnet20_e40_seed5000/model_best.pth.tar \\
         --dataset cifar10 --data_path data/cifar10-jpeg
-    python -m utils.deploy_benchmark --arch tern_resnet20 --dataset digits     # no checkpoint: random weights
+    python -m tools.deploy_benchmark --arch tern_resnet20 --dataset digits     # no checkpoint: random weights
 
 For the int8 model the float32 export is pre-processed (BatchNorm folded into the convs)
 and quantized by onnxruntime.quantization.quantize_static in QDQ form: weights per
@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 
 import models
-from utils.checkpoint import load_checkpoint, restore_model
 from utils.data import build_loaders, dataset_info
-from utils.evaluation import top1_accuracy
+from utils.evaluation import evaluate
+from utils.model_loader import ModelChoice, build_model, load_model
 from utils.onnx_export import OnnxModel, export_onnx
 
 
@@ -115,16 +115,12 @@ def format_rows(title: str, engines: dict, sizes: dict, accuracy: dict, timings:
     return "\n".join(lines)
 
 
-def load_model(args: argparse.Namespace) -> nn.Module:
-    info = dataset_info(args.dataset, args.data_path)
+def benchmark_model(args: argparse.Namespace, info) -> nn.Module:
+    """The checkpoint's model, or (no checkpoint) --arch with seeded random weights."""
     if args.checkpoint:
-        checkpoint = load_checkpoint(args.checkpoint)
-        arch = checkpoint.get("arch") or (checkpoint.get("args") or {}).get("arch") or args.arch
-        model = models.get_model(arch, num_classes=info.num_classes, in_channels=info.in_channels)
-        restore_model(model, checkpoint, args.checkpoint)
-        return model.eval()
+        return load_model(args.checkpoint, info, args.dataset).model.eval()
     torch.manual_seed(0)
-    return models.get_model(args.arch, num_classes=info.num_classes, in_channels=info.in_channels).eval()
+    return build_model(ModelChoice(args.arch), info).eval()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,13 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     info = dataset_info(args.dataset, args.data_path)
     shape = (info.in_channels, info.image_size, info.image_size)
-    train, test = build_loaders(args.dataset, args.data_path, 256, torch.device("cpu"), seed=0)
+    train, test = build_loaders(args.dataset, args.data_path, info, 256, torch.device("cpu"), seed=0)
     calibration = ((train.images[:args.calibration].float() - train.mean) / train.std).numpy()
     print(f"CPU, {args.threads} threads; torch {torch.__version__}; medians of {args.repeats} calls")
     with tempfile.TemporaryDirectory() as folder:
-        model = load_model(args)
+        model = benchmark_model(args, info)
         engines, sizes = engines_for(model, shape, folder, calibration, args.threads)
-        accuracy = {name: top1_accuracy(engine, test) for name, engine in engines.items()}
+        accuracy = {name: evaluate(engine, test, show_progress=False)['top1'] for name, engine in engines.items()}
         timings = {batch: latency(engines, shape, batch, args.repeats if batch == 1 else max(5, args.repeats // 5))
                    for batch in (1, 64)}
         source = args.checkpoint or f"{args.arch}, random weights"

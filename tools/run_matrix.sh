@@ -6,6 +6,18 @@
 
 FAILED_RUNS=()
 
+# matrix_python: the Python the runs use: $PYTHON when set, else the repository's .venv
+# (README's quick start creates it) when it exists, else python on the PATH.
+matrix_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        echo "$PYTHON"
+    elif [ -x .venv/bin/python ]; then
+        echo .venv/bin/python
+    else
+        echo python
+    fi
+}
+
 # run_one SAVE_DIR MAIN_PY_ARGS...
 run_one() {
     local save_dir=$1

@@ -1,9 +1,9 @@
 """Speed and memory benchmark: full precision vs ternarized vs REL, measured in one run.
 
-    python -m utils.benchmark                                   # ResNet-20 (32×32, batch 128) and ResNet-18 (224×224, batch 16)
-    python -m utils.benchmark --models resnet20:128:32 --repeats 30
-    python -m utils.benchmark --device cuda                     # on a GPU
-    python -m utils.benchmark --modes_only                      # only the precision / memory-format / compile table
+    python -m tools.benchmark                                   # ResNet-20 (32×32, batch 128) and ResNet-18 (224×224, batch 16)
+    python -m tools.benchmark --models resnet20:128:32 --repeats 30
+    python -m tools.benchmark --device cuda                     # on a GPU
+    python -m tools.benchmark --modes_only                      # only the precision / memory-format / compile table
 
 For each model (ARCH:BATCH:IMAGE_SIZE) it prints the median time of a training step
 (forward, backward, SGD step) and of an eval forward (after training, on unchanged
@@ -121,7 +121,7 @@ def peak_train_memory(arch: str, tex: int | None, batch_size: int, image_size: i
         for _ in range(2):
             _train_step(model.train(), optimizer, x, y)
         return torch.cuda.max_memory_allocated(device) / 2**20
-    probe = [sys.executable, "-m", "utils.benchmark", "--memory_probe", f"{arch}:{batch_size}:{image_size}:{tex or 0}"]
+    probe = [sys.executable, "-m", "tools.benchmark", "--memory_probe", f"{arch}:{batch_size}:{image_size}:{tex or 0}"]
     repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # A fixed mmap threshold makes glibc hand every large tensor back to the OS when freed,
     # so the resident set follows the live tensors instead of malloc's cache.

@@ -1,6 +1,6 @@
 """Why a ternarized run trails its full-precision twin: three checks on two finished runs.
 
-    python -m utils.gap_report save/cifar10/fp_resnet20_seed5000 save/cifar10/tern_resnet20_seed5000 \\
+    python -m tools.gap_report save/cifar10/fp_resnet20_e40_seed5000 save/cifar10/tern_resnet20_e40_seed5000 \\
         --dataset cifar10 --data_path data/cifar10-jpeg
 
 1. the straight-through estimator's clip: the share of latent weights with |W| ≥ 1, where
@@ -19,10 +19,9 @@ import os
 import torch
 import torch.nn as nn
 
-import models
-from utils.checkpoint import load_checkpoint, restore_model
 from utils.data import build_loaders, dataset_info
-from utils.evaluation import top1_accuracy
+from utils.evaluation import evaluate
+from utils.model_loader import load_model
 
 
 def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 500) -> nn.Module:
@@ -38,15 +37,6 @@ def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 500
     return model.eval()
 
 
-def load_run_model(folder: str, dataset: str, data_path: str) -> tuple[nn.Module, dict]:
-    path = os.path.join(folder, "model_best.pth.tar")
-    checkpoint = load_checkpoint(path)
-    info = dataset_info(dataset, data_path)
-    model = models.get_model(checkpoint["arch"], num_classes=info.num_classes, in_channels=info.in_channels)
-    restore_model(model, checkpoint, path)
-    return model, checkpoint
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("full_precision", help="folder of the full-precision run")
@@ -55,15 +45,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_path", default="./data/cifar10")
     parser.add_argument("--calibration", type=int, default=20000, help="training images for recomputing BatchNorm")
     args = parser.parse_args(argv)
-    train, test = build_loaders(args.dataset, args.data_path, 500, torch.device("cpu"), seed=0)
+    info = dataset_info(args.dataset, args.data_path)
+    train, test = build_loaders(args.dataset, args.data_path, info, 500, torch.device("cpu"), seed=0)
     clean = (train.images[:args.calibration].float() - train.mean) / train.std
     for label, folder in (("full precision", args.full_precision), ("ternarized", args.ternarized)):
-        model, checkpoint = load_run_model(folder, args.dataset, args.data_path)
+        loaded = load_model(os.path.join(folder, "model_best.pth.tar"), info, args.dataset)
+        model, checkpoint = loaded.model, loaded.checkpoint
         weights = [p.detach() for p in model.parameters() if p.dim() > 1]
         clipped = sum(int((w.abs() >= 1).sum()) for w in weights) / sum(w.numel() for w in weights)
-        print(f"{label}: model_best from epoch {checkpoint.get('epoch')}: test top-1 {top1_accuracy(model, test):.2f}; "
+        print(f"{label}: model_best from epoch {checkpoint.get('epoch')}: test top-1 {evaluate(model, test)['top1']:.2f}; "
               f"latent weights with |W| >= 1: {100 * clipped:.4f}%; after recomputing BatchNorm statistics on "
-              f"{len(clean)} training images: {top1_accuracy(recompute_batchnorm(model, clean), test):.2f}")
+              f"{len(clean)} training images: {evaluate(recompute_batchnorm(model, clean), test)['top1']:.2f}")
     histories = [json.load(open(os.path.join(folder, "results.json")))["history"]
                  for folder in (args.full_precision, args.ternarized)]
     print("| epoch | val top-1 FP | val top-1 tern | gap | train loss FP | train loss tern | train top-1 FP | train top-1 tern |")

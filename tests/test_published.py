@@ -1,0 +1,141 @@
+"""The committed reproduction records and the trained models the project ships (issue 17):
+python -m tools.publish, the manifest, README's CIFAR-10 table built from the records."""
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+import main
+from conftest import ROOT
+from tools import publish, report
+from utils.data import dataset_info
+from utils.model_loader import load_model
+
+PRETRAINED = os.path.join(ROOT, "pretrained")
+MANIFESTS = sorted(os.path.join(PRETRAINED, d, "manifest.json") for d in os.listdir(PRETRAINED)) \
+    if os.path.isdir(PRETRAINED) else []
+SHIPPED = [(os.path.dirname(path), entry) for path in MANIFESTS for entry in json.load(open(path))["files"]]
+
+
+def evaluated_top1(tmp_path, dataset, data_path, model_path):
+    """What README's evaluation command reports for a file."""
+    save = tmp_path / "eval"
+    assert main.main(["--dataset", dataset, "--data_path", str(data_path), "--evaluate", "--resume", model_path,
+                      "--save_path", str(save)]) == 0
+    return json.loads((save / "results.json").read_text())["top1"]
+
+
+def train_digits(save, arch, epochs=1):
+    assert main.main(["--arch", arch, "--epochs", str(epochs), "--schedule", "1", "--gammas", "0.1",
+                      "--save_path", str(save)]) == 0
+
+
+@pytest.mark.parametrize("arch,suffix", [("tern_resnet20", ".tern"), ("resnet20", ".pth")])
+def test_publish_copies_the_records_and_ships_a_model_that_evaluates_to_its_manifest_top1(tmp_path, arch, suffix):
+    run = tmp_path / "save" / "run"
+    train_digits(run, arch)
+    assert publish.main([str(run), "--data_path", "unused", "--results", str(tmp_path / "results"),
+                         "--pretrained", str(tmp_path / "pretrained")]) == 0
+    name = f"{'tern' if suffix == '.tern' else 'fp'}_resnet20_e1_seed5000"
+    records = tmp_path / "results" / "digits" / name
+    for record in publish.RECORDS:
+        assert (records / record).read_bytes() == (run / record).read_bytes()
+    manifest = json.loads((tmp_path / "pretrained" / "digits" / "manifest.json").read_text())
+    (entry,) = manifest["files"]
+    shipped = tmp_path / "pretrained" / "digits" / entry["file"]
+    assert entry["file"] == name + suffix and entry["bytes"] == shipped.stat().st_size
+    assert entry["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert (entry["arch"], entry["epochs"], entry["seed"]) == (arch, 1, 5000)
+    assert entry["top1"] == round(evaluated_top1(tmp_path, "digits", "unused", str(shipped)), 2)
+    assert entry["trained_with"].startswith(f"python main.py --dataset digits --data_path DATA --arch {arch} --epochs 1")
+    best = json.loads((run / "results.json").read_text())["best_top1"]
+    assert entry["top1"] == round(best, 2)  # digits trains and evaluates in fp32: the same number
+
+
+def test_publish_refuses_unfinished_runs_and_republishing(tmp_path, capsys):
+    run = tmp_path / "run"
+    train_digits(run, "tern_resnet20")
+    roots = ["--data_path", "unused", "--results", str(tmp_path / "r"), "--pretrained", str(tmp_path / "p")]
+    assert publish.main([str(run), *roots]) == 0
+    capsys.readouterr()
+    assert publish.main([str(run), *roots]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
+    assert publish.main([str(run), *roots, "--overwrite"]) == 0
+    record = json.loads((run / "results.json").read_text())
+    record["status"] = "running"
+    (run / "results.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert publish.main([str(run), *roots, "--overwrite"]) == 2
+    assert "no finished training run" in capsys.readouterr().err
+
+
+def test_training_command_rebuilds_the_scripts_main_py_call():
+    args = {"dataset": "cifar10", "arch": "tern_resnet20", "tex": None, "tfactors": None, "first_last": None,
+            "epochs": 40, "optimizer": "SGD", "learning_rate": 0.1, "momentum": 0.9, "decay": 3e-4,
+            "batch_size": 128, "schedule": [16, 24, 32], "gammas": [0.1, 0.1, 0.5], "manualSeed": 5000,
+            "amp": True, "amp_dtype": "bfloat16", "channels_last": True}
+    assert publish.training_command(args, "DATA") == (
+        "python main.py --dataset cifar10 --data_path DATA --arch tern_resnet20 --epochs 40 --optimizer SGD "
+        "--learning_rate 0.1 --momentum 0.9 --decay 0.0003 --batch_size 128 --schedule 16 24 32 "
+        "--gammas 0.1 0.1 0.5 --manualSeed 5000 --amp --channels_last")
+    assert "--tfactors auto" in publish.training_command({**args, "auto_thresholds": True}, "DATA")
+
+
+def test_readme_cifar10_table_is_the_one_the_committed_records_give():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    start, end = report.readme_block(readme, "cifar10")
+    runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
+    assert readme[start:end].rstrip("\n") == report.paper_table(runs)
+
+
+def test_readme_lists_the_shipped_models_of_the_manifest():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    start, end = report.readme_block(readme, "pretrained")
+    tables = [publish.manifest_table(json.load(open(path)), os.path.relpath(os.path.dirname(path), ROOT))
+              for path in MANIFESTS]
+    assert readme[start:end].rstrip("\n") == "\n".join(tables)
+
+
+def test_every_shipped_model_is_listed_with_its_records():
+    assert SHIPPED, "pretrained/ ships no model"
+    for folder, entry in SHIPPED:
+        assert os.path.isfile(os.path.join(folder, entry["file"])), entry["file"]
+        assert os.path.isfile(os.path.join(ROOT, entry["records"], "results.json")), entry["records"]
+    listed = {entry["file"] for _, entry in SHIPPED} | {"manifest.json"}
+    on_disk = {name for folder in {f for f, _ in SHIPPED} for name in os.listdir(folder)}
+    assert on_disk == listed, "pretrained/ holds files the manifest does not list"
+
+
+@pytest.mark.parametrize("folder,entry", SHIPPED, ids=[entry["file"] for _, entry in SHIPPED])
+def test_shipped_model_matches_its_manifest_and_runs(folder, entry):
+    path = os.path.join(folder, entry["file"])
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == entry["sha256"]
+    assert os.path.getsize(path) == entry["bytes"]
+    info = dataset_info(entry["dataset"])
+    model = load_model(path, info, entry["dataset"]).model.eval()
+    with torch.no_grad():
+        logits = model(torch.randn(4, info.in_channels, info.image_size, info.image_size))
+    assert logits.shape == (4, info.num_classes) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("folder,entry", [(f, e) for f, e in SHIPPED if e["variant"] == "tern"][:1],
+                         ids=lambda value: value["file"] if isinstance(value, dict) else "")
+def test_shipped_ternarized_model_gives_its_manifest_top1_on_the_full_test_set(tmp_path, cifar10_jpeg_test_split,
+                                                                               folder, entry):
+    top1 = evaluated_top1(tmp_path, entry["dataset"], cifar10_jpeg_test_split, os.path.join(folder, entry["file"]))
+    assert round(top1, 2) == entry["top1"]
+
+
+def test_repository_stays_under_30_mb():
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if files.returncode != 0:
+        pytest.skip("not a git checkout")
+    paths = [p for p in files.stdout.split("\0") if p and os.path.isfile(os.path.join(ROOT, p))]
+    assert sum(os.path.getsize(os.path.join(ROOT, p)) for p in paths) < 30 * 2**20

@@ -1,0 +1,1 @@
+"""Stand-alone commands, run as `python -m tools.NAME` (see each module's --help)."""

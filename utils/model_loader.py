@@ -1,0 +1,136 @@
+"""Where every model comes from: built fresh (optionally from pretrained weights), or
+loaded from a file of any kind this project reads — a training checkpoint (ours or the
+authors'), a packed .tern file or an ONNX file. main.py and every tool use these two.
+
+    model = build_model(ModelChoice("tern_resnet20"), info, pretrained="resnet18.pth")
+    loaded = load_model("save/run/model_best.pth.tar", info)      # the network the file records
+    loaded.model, loaded.file_format, loaded.checkpoint
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn as nn
+import torchvision
+
+import models
+
+from .checkpoint import extract_state_dict, load_checkpoint, load_weights, restore_model
+from .data import DatasetInfo
+from .errors import UserError
+from .export import is_packed_file, load_packed
+from .onnx_export import OnnxModel, is_onnx_file
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The network as the command line names it: arch plus the ternarization overrides."""
+    arch: str
+    tex: int | None = None
+    tfactors: tuple[float, ...] | None = None
+    first_last: str | None = None  # "tern" or "fp": ternarize the first conv and last linear layer, or not
+    auto_thresholds: bool = False  # --tfactors auto: optimise every layer's thresholds on its weights
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, path: str) -> ModelChoice:
+        """The network a checkpoint of this project records (its arch and model flags)."""
+        saved = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+        arch = checkpoint.get("arch") or saved.get("arch")
+        if not isinstance(arch, str):
+            raise UserError(f"{path} does not record its architecture; name it with --arch")
+        tfactors = saved.get("tfactors")
+        return cls(arch, saved.get("tex"), tuple(tfactors) if tfactors else None, saved.get("first_last"),
+                   bool(saved.get("auto_thresholds")))
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    file_format: str  # "checkpoint", "packed" or "onnx"
+    checkpoint: dict | None = None  # the file's contents, for a checkpoint
+
+
+def file_format(path: str) -> str:
+    """What a model file is, by its suffix and contents: "onnx", "packed" or "checkpoint"."""
+    if is_onnx_file(path):
+        return "onnx"
+    if os.path.isfile(path) and is_packed_file(path):
+        return "packed"
+    return "checkpoint"
+
+
+def torchvision_state_dict(arch: str) -> dict:
+    """torchvision's pretrained ImageNet weights of `arch`'s full-precision twin (downloaded
+    into torch's hub cache, or read from it)."""
+    name = models.ARCHS[arch].torchvision_weights if arch in models.ARCHS else None
+    if name is None:
+        raise UserError(f"torchvision has no pretrained weights for {arch}; give --pretrained a state_dict file")
+    try:
+        return torchvision.models.get_weight(name).get_state_dict(progress=False)
+    except Exception as exc:  # network errors come in many types
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"could not download {name} ({type(exc).__name__}: {first_line}); "
+                        "download the file elsewhere and pass it as --pretrained PATH") from exc
+
+
+def build_model(choice: ModelChoice, info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
+    """A new network for the data set, with `pretrained` weights (a state_dict file, or
+    "torchvision" for torchvision's ImageNet weights); with auto thresholds, each layer's
+    threshold factors are optimised on its (initial or pretrained) weights."""
+    first_last = None if choice.first_last is None else choice.first_last == "tern"
+    try:
+        model = models.get_model(choice.arch, num_classes=info.num_classes, in_channels=info.in_channels,
+                                 tex=choice.tex, tfactors=choice.tfactors, first_last=first_last)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if pretrained == "torchvision":
+        load_weights(model, torchvision_state_dict(choice.arch), source=models.ARCHS[choice.arch].torchvision_weights)
+    elif pretrained:
+        load_weights(model, extract_state_dict(load_checkpoint(pretrained)), source=pretrained)
+    if choice.auto_thresholds:
+        if not any(True for _ in models.ternary_layers(model)):
+            raise UserError(f"--tfactors auto needs a ternarized arch; {choice.arch} has no ternary layers")
+        models.optimize_model_thresholds(model)
+    return model
+
+
+def _check_fits(path: str, classes: object, shape: tuple, info: DatasetInfo, dataset: str) -> None:
+    expected = (info.in_channels, info.image_size, info.image_size)
+    shape_ok = all(got == want for got, want in zip(shape, expected) if isinstance(got, int))
+    classes_ok = not isinstance(classes, int) or classes == info.num_classes
+    if not (shape_ok and classes_ok):
+        raise UserError(f"{path} takes {shape} images and gives {classes} classes; {dataset} has {expected} "
+                        f"and {info.num_classes}")
+
+
+def load_model(path: str, info: DatasetInfo, dataset: str = "the data set", choice: ModelChoice | None = None,
+               checkpoint: dict | None = None, log: Callable[[str], None] = print) -> LoadedModel:
+    """The model in `path`, checked against the data set. A checkpoint is rebuilt as
+    `choice` (default: the network the checkpoint records) and its weights, threshold
+    factors and REL bias rule restored; `checkpoint` is its contents when already read."""
+    kind = file_format(path)
+    if kind == "onnx":
+        if not os.path.isfile(path):
+            raise UserError(f"ONNX file not found: {path}")
+        model = OnnxModel(path)
+        _check_fits(path, model.num_classes, model.input_shape, info, dataset)
+        return LoadedModel(model, kind)
+    if kind == "packed":
+        model = load_packed(path)
+        config = model.build_config
+        if (config["num_classes"], config["in_channels"]) != (info.num_classes, info.in_channels):
+            raise UserError(f"{path} was built for {config['num_classes']} classes and {config['in_channels']} "
+                            f"input channels, {dataset} has {info.num_classes} and {info.in_channels}")
+        return LoadedModel(model, kind)
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
+    choice = choice or ModelChoice.from_checkpoint(checkpoint, path)
+    model = build_model(ModelChoice(choice.arch, choice.tex, choice.tfactors, choice.first_last), info)
+    reference_bias = restore_model(model, checkpoint, path)
+    if choice.auto_thresholds and not checkpoint.get("tfactors"):  # e.g. fine-tuning full-precision weights
+        models.optimize_model_thresholds(model)
+    if reference_bias:
+        log(f"=> {path} is a reference checkpoint: REL layers {', '.join(reference_bias)} add their bias "
+            "once per branch, as the reference does")
+    return LoadedModel(model, kind, checkpoint)
