@@ -138,7 +138,8 @@ def measure_top1(dataset: str, data_path: str, model_path: str) -> tuple[float, 
         command = [sys.executable, *command[1:], "--save_path", os.path.join(scratch, "eval")]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
-            raise UserError(f"evaluating {model_path} failed: {done.stderr.strip().splitlines()[-1:]}")
+            last_line = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"evaluating {model_path} failed: {last_line}")
         with open(os.path.join(scratch, "eval", "results.json")) as handle:
             record = json.load(handle)
     return record["top1"], record["precision"]
