@@ -34,7 +34,8 @@ import models
 from utils.checkpoint import load_checkpoint
 from utils.compression import compression_report, format_report
 from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info
-from utils.distributed import DistributedContext, init_distributed, shutdown
+from utils.distributed import (DistributedContext, init_distributed, is_peer_failure, launched_by_torchrun,
+                               peer_failure, shutdown)
 from utils.errors import UserError
 from utils.evaluation import evaluate
 from utils.export import ENCODINGS, export_model
@@ -45,7 +46,7 @@ from utils.model_loader import ModelChoice, build_model, file_format, load_model
 from utils.onnx_export import is_onnx_file
 from utils.resume import OptimizerSettings, TrainingState, resume_training
 from utils.results import model_statistics, run_record
-from utils.run_folder import claim_run_folder
+from utils.run_folder import claim_run_folder, holds_training_run
 from utils.signals import Interrupted, StopSignals
 from utils.training import TrainConfig, fit, make_optimizer, make_scheduler, repair_best_model
 
@@ -61,12 +62,22 @@ RECIPES = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the module docstring's layout and shows each flag's default (not
+    None or False: those mean "unset" or "off")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of main.py, grouped as --help shows them."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set (default: digits, offline)")
+    data.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set (digits is embedded: offline)")
     data.add_argument("--data_path", default="./data", help="where the data set is (or is downloaded to)")
     data.add_argument("--workers", type=int, default=4, help="data-loading processes (ImageNet only)")
     data.add_argument("--subset", type=int, default=None, metavar="N",
@@ -85,12 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pretrained", default=None, metavar="PATH",
                        help="full-precision state_dict (e.g. torchvision's resnet18 file) to start from, or "
                             "'torchvision' to download torchvision's ImageNet weights of the arch (ResNets)")
-    optim = parser.add_argument_group("optimisation (unset: the data set's recipe)")
-    optim.add_argument("--epochs", type=int, default=None)
+    optim = parser.add_argument_group("optimisation (unset: the data set's recipe, see the top)")
+    optim.add_argument("--epochs", type=int, default=None,
+                       help="training length; the recipe's lr steps are scaled to it unless --schedule is given")
     optim.add_argument("--optimizer", choices=["SGD", "Adam"], default=None, help="SGD uses Nesterov momentum")
-    optim.add_argument("--batch_size", type=int, default=None)
-    optim.add_argument("--learning_rate", type=float, default=None)
-    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--batch_size", type=int, default=None, help="images per step (per process under torchrun)")
+    optim.add_argument("--learning_rate", type=float, default=None, help="initial learning rate")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--decay", type=float, default=None, help="weight decay")
     optim.add_argument("--schedule", type=int, nargs="+", default=None, help="epochs at which the lr is multiplied")
     optim.add_argument("--gammas", type=float, nargs="+", default=None, help="lr factor at each --schedule epoch")
@@ -101,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the run already in --save_path (otherwise refused)")
     run.add_argument("--resume", default=None, metavar="PATH", help="checkpoint to resume training or to evaluate")
     run.add_argument("--start_epoch", type=int, default=0, help="first epoch when not resuming a full checkpoint")
-    run.add_argument("--evaluate", action="store_true", help="evaluate on the test/val split and exit")
+    run.add_argument("--evaluate", action="store_true",
+                     help="evaluate the model of --resume (checkpoint, .tern or .onnx) or --pretrained on the test/val "
+                          "split and exit; without --save_path it gets a folder of its own (RUN_eval beside the run)")
     run.add_argument("--fine_tune", action="store_true", help="with --resume: load the weights only, restart training")
     run.add_argument("--model_only", action="store_true", help="save {state_dict} only in checkpoints")
     run.add_argument("--export", default=None, metavar="PATH",
@@ -173,16 +187,39 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
          f"--export {args.export} exists; choose another name or pass --overwrite"),
         (not (args.resume and is_onnx_file(args.resume)) or args.evaluate,
          f"{args.resume} is an ONNX inference file: use it with --evaluate"),
+        (not args.export or args.resume or args.pretrained,
+         "--export needs a trained model: --resume CHECKPOINT or --pretrained WEIGHTS"),
+        (0 <= args.manualSeed < 2 ** 32, f"--manualSeed must lie in 0 .. 2^32-1, got {args.manualSeed}"),
+        (args.resume or args.start_epoch < args.epochs,
+         f"--start_epoch {args.start_epoch} is not before --epochs {args.epochs}: nothing would be trained"),
     ]
     for ok, message in problems:
         if not ok:
             raise UserError(message)
+    validate_model_flags(args)
     return args
+
+
+def validate_model_flags(args: argparse.Namespace) -> None:
+    """The arch and its ternarization flags (--tex, --tfactors, --first_last). With
+    --resume they come from the checkpoint, so only an explicit --arch is checked."""
+    if args.arch not in models.ARCHS:
+        raise UserError(f"unknown --arch {args.arch}; valid archs: {', '.join(models.list_archs())}")
+    if args.resume:
+        return
+    first_last = None if args.first_last is None else args.first_last == "tern"
+    try:
+        factors, _ = models.resolve_tfactors(args.arch, args.tex, args.tfactors, first_last)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.auto_thresholds and factors is None:
+        raise UserError(f"--tfactors auto needs a ternarized arch; {args.arch} is full precision "
+                        f"(use tern_{args.arch} if it exists, or add --tex)")
 
 
 def recorded_args(args: argparse.Namespace) -> dict:
     """The arguments as results.json and checkpoints record them."""
-    return {key: value for key, value in vars(args).items() if key != "explicit"}
+    return {key: value for key, value in vars(args).items() if key not in ("explicit", "notes")}
 
 
 def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
@@ -202,14 +239,39 @@ def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--threshold_every must be 0 (every epoch) or a positive number of steps")
     if len(args.schedule) != len(args.gammas):
         raise UserError(f"--schedule has {len(args.schedule)} epochs but --gammas has {len(args.gammas)} factors")
+    args.notes = []
+    if args.resume is None:
+        fit_schedule_to_epochs(args, recipe)
     if args.save_path is None:
-        args.save_path = default_save_path(args)
+        args.save_path = default_evaluation_path(args) if args.evaluate else default_save_path(args)
     return args
 
 
+def fit_schedule_to_epochs(args: argparse.Namespace, recipe: dict) -> None:
+    """lr steps must fall inside the run. With --epochs but the recipe's schedule, the
+    steps are scaled to the same fractions of the run (step·epochs // recipe epochs, as
+    train_CIFAR10.sh's EPOCHS places them) and steps before epoch 1 dropped, saying so;
+    an explicit --schedule step at or past --epochs is refused."""
+    late = [m for m in args.schedule if m >= args.epochs]
+    if not late:
+        return
+    if {"schedule", "gammas"} & set(args.explicit):
+        fix = f"give steps from 1 to {args.epochs - 1}, or " if args.epochs > 1 else ""
+        raise UserError(f"--schedule step {' '.join(map(str, late))} is at or past --epochs {args.epochs}, so the lr "
+                        f"would never change there; {fix}leave out --schedule and --gammas to scale the recipe's "
+                        "steps to the run")
+    scaled = [(m * args.epochs // recipe["epochs"], g) for m, g in zip(recipe["schedule"], recipe["gammas"])]
+    kept = [(m, g) for m, g in scaled if 1 <= m < args.epochs]
+    args.schedule, args.gammas = [m for m, _ in kept], [g for _, g in kept]
+    args.notes.append(f"=> --epochs {args.epochs}: the recipe's lr steps {' '.join(map(str, recipe['schedule']))} "
+                      f"(of {recipe['epochs']} epochs) scaled to "
+                      + (' '.join(map(str, args.schedule)) or "none (the run is too short for one)")
+                      + f", factors {' '.join(map(str, args.gammas)) or '-'}")
+
+
 def default_save_path(args: argparse.Namespace) -> str:
-    """save/DATASET_ARCH plus what makes the variant: t_ex, thresholds, first/last, seed
-    (and _eval for an evaluation), so variants never share a folder."""
+    """save/DATASET_ARCH plus what makes the variant: t_ex, thresholds, first/last, seed,
+    so variants never share a folder."""
     parts = [args.dataset, args.arch]
     if args.tex:
         parts.append(f"tex{args.tex}")
@@ -220,9 +282,26 @@ def default_save_path(args: argparse.Namespace) -> str:
     if args.first_last:
         parts.append(f"firstlast{args.first_last}")
     parts.append(f"seed{args.manualSeed}")
-    if args.evaluate:
-        parts.append("eval")
     return os.path.join("save", "_".join(parts))
+
+
+def default_evaluation_path(args: argparse.Namespace) -> str:
+    """An evaluation's own folder: RUN_eval beside the run folder the evaluated file is in,
+    else save/eval/DATASET_FILE; numbered (RUN_eval2, ...) past earlier evaluations, so
+    none is ever overwritten. start_logging says which one."""
+    source = args.resume or args.pretrained or "model"
+    run_dir = os.path.dirname(os.path.normpath(source))
+    if run_dir and holds_training_run(run_dir):
+        base = f"{run_dir}_eval"
+    else:
+        stem = os.path.basename(source)
+        for suffix in (".pth.tar", ".tern", ".onnx", ".pth", ".pt"):
+            stem = stem.removesuffix(suffix)
+        base = os.path.join("save", "eval", f"{args.dataset}_{stem}")
+    candidate, number = base, 2
+    while os.path.exists(os.path.join(candidate, "results.json")):
+        candidate, number = f"{base}{number}", number + 1
+    return candidate
 
 
 # Resume rules: which settings a continued run takes from its checkpoint.
@@ -263,6 +342,10 @@ def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Calla
     if saved_precision != precision(args).name:
         log(f"=> precision switched from {saved_precision} to {precision(args).name} at epoch "
             f"{checkpoint.get('epoch', '?')}; results.json records each epoch's precision")
+    done = checkpoint.get("epoch")
+    if "epochs" in explicit and isinstance(done, int) and args.epochs < done:
+        raise UserError(f"--epochs {args.epochs}: the run already has {done} epochs; give --epochs {done} or more "
+                        "to continue it, or evaluate it with --evaluate")
     if "epochs" in explicit and saved.get("epochs") not in (None, args.epochs):
         log(f"=> --epochs {args.epochs}: the run was started for {saved['epochs']} epochs")
     elif "epochs" in saved:
@@ -316,8 +399,8 @@ def claim_folder(args: argparse.Namespace, context: DistributedContext):
         return contextlib.nullcontext()
     resuming = bool(args.resume) and not args.fine_tune and (
         os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(args.save_path))
-    mode = "evaluate" if args.evaluate or args.export else "train"
-    return claim_run_folder(args.save_path, mode, resuming=resuming, overwrite=args.overwrite)
+    return claim_run_folder(args.save_path, "evaluate" if args.evaluate else "train", resuming=resuming,
+                            overwrite=args.overwrite, inputs=(args.resume, args.pretrained))
 
 
 def select_rank_device(args: argparse.Namespace) -> tuple[torch.device, DistributedContext]:
@@ -347,7 +430,7 @@ def start_logging(args: argparse.Namespace, device: torch.device, context: Distr
         logger.info(note)
     logger.info(f"{args.arch} on {args.dataset}, device {device}"
                 + (f", {context.world_size} processes" if context.enabled else "") + f", saving to {args.save_path}")
-    hint = None if args.evaluate or args.export else precision_hint(device, precision(args))
+    hint = None if args.evaluate else precision_hint(device, precision(args))
     if hint:
         (logger.warning if hint.startswith("warning") else logger.info)(hint)
     return logger
@@ -411,24 +494,43 @@ def load_run_model(args: argparse.Namespace, kind: str | None, checkpoint: dict 
     return loaded.model.to(device)
 
 
+def run_export(args: argparse.Namespace, kind: str | None, checkpoint: dict | None, device: torch.device,
+               context: DistributedContext) -> None:
+    """--export: one file written, no run folder (the console is the log)."""
+    if not context.is_main:
+        return
+    logger = make_logger(None)
+    info = dataset_info(args.dataset, args.data_path, logger.info)
+    model = load_run_model(args, kind, checkpoint, info, device, logger)
+    logger.info(export_model(model, args.export, input_shape(info), args.export_encoding))
+    if not is_onnx_file(args.export):
+        logger.info(format_report(compression_report(model, input_shape(info), os.path.getsize(args.export))))
+
+
+def warn_on_world_size_change(checkpoint: dict | None, args: argparse.Namespace, context: DistributedContext,
+                              logger) -> None:
+    saved = checkpoint.get("world_size", 1) if checkpoint and not args.fine_tune else context.world_size
+    if saved != context.world_size:
+        logger.warning(f"warning: the run was trained with {saved} processes and continues with "
+                       f"{context.world_size}: the global batch changes from {saved * args.batch_size} to "
+                       f"{context.world_size * args.batch_size}, so it will not match an uninterrupted run")
+
+
 def run(args: argparse.Namespace, stop: StopSignals) -> None:
     """flags → data set → model → optimizer → loop → save, for training, evaluation and export."""
     started = time.time()
     device, context = select_rank_device(args)
     kind = resume_kind(args)
-    notes: list[str] = []
+    notes: list[str] = list(args.notes)
     checkpoint = read_resume_checkpoint(args, kind, notes.append)
-    with claim_folder(args, context):
-        logger = start_logging(args, device, context, notes)
+    if args.export:
+        run_export(args, kind, checkpoint, device, context)
+        return
+    with claim_folder(args, context) as folder_notes:
+        logger = start_logging(args, device, context, notes + (folder_notes or []))
         seed_everything(args.manualSeed)
         info = dataset_info(args.dataset, args.data_path, logger.info)
         model = load_run_model(args, kind, checkpoint, info, device, logger)
-        if args.export:
-            if context.is_main:
-                logger.info(export_model(model, args.export, input_shape(info), args.export_encoding))
-                if not is_onnx_file(args.export):
-                    report_compression(args, model, info, os.path.getsize(args.export), logger)
-            return
         state = TrainingState(args.start_epoch)
         if not args.evaluate:
             optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.decay)
@@ -437,6 +539,7 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
                 settings = OptimizerSettings(args.optimizer, args.learning_rate, args.momentum, args.decay)
                 state = resume_training(args.resume, checkpoint, settings, optimizer, scheduler, args.start_epoch,
                                         logger.info)
+                warn_on_world_size_change(checkpoint, args, context, logger)
                 if context.is_main:
                     repair_best_model(args.save_path, checkpoint, logger.info)
         if kind != "onnx":
@@ -472,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"interrupted by {signal.Signals(exc.signum).name} in epoch {exc.epoch}: "
                       f"{getattr(exc, 'resume_hint', 'nothing was saved')}", file=sys.stderr)
             return exc.exit_code
+        except RuntimeError as exc:
+            if not (launched_by_torchrun() and is_peer_failure(exc)):
+                raise
+            print(f"error: {peer_failure(exc)}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("interrupted: stopped at once on a second signal; the last saved epoch is the resume point",
                   file=sys.stderr)

@@ -14,9 +14,11 @@
 # Environment: ARCHS (resnet20 resnet32 resnet44 resnet56), VARIANTS (fp tern; also rel2,
 # rel4, tern_auto, rel2_auto, tern_fflf), SEEDS (number of seeds, 1), FIRST_SEED (5000),
 # EPOCHS (200; the lr steps stay at 40%/60%/80% of the epochs, as 80/120/160 of 200),
-# PRECISION (bf16: --amp --channels_last, about 2x faster on GPUs and on CPUs with AVX-512
-# BF16 at no accuracy cost, see README; fp32: --no-amp --no-channels_last, which also switches
-# a partial bf16 run to fp32 when the matrix resumes it),
+# PRECISION (auto: bf16 where this machine computes it natively, else fp32, as
+# `python -m tools.precision` prints; bf16: --amp --channels_last, about 2x faster on GPUs and
+# on CPUs with AVX-512 BF16 at no accuracy cost, see README, and several times slower where
+# bf16 is emulated; fp32: --no-amp --no-channels_last, which also switches a partial bf16 run
+# to fp32 when the matrix resumes it),
 # DATASET (cifar10; cifar100, fashion_mnist, mnist, digits work too), DATA_PATH
 # (./data/DATASET), SAVE_ROOT (./save), PYTHON (.venv/bin/python when the repository has a
 # .venv, else python), DRY_RUN, FORCE (see tools/run_matrix.sh). The length is EPOCHS, not
@@ -33,11 +35,16 @@ DATASET=${DATASET:-cifar10}
 DATA_PATH=${DATA_PATH:-./data/$DATASET}
 SAVE_ROOT=${SAVE_ROOT:-./save}
 EPOCHS=${EPOCHS:-200}
-PRECISION=${PRECISION:-bf16}
+PRECISION=${PRECISION:-auto}
+if [ "$PRECISION" = auto ]; then
+    read -ra launcher <<< "$PYTHON"
+    PRECISION=$("${launcher[0]}" -m tools.precision) || exit 2
+    echo "== PRECISION=auto: $PRECISION on this machine" >&2
+fi
 case $PRECISION in
     bf16) PRECISION_ARGS="--amp --channels_last" ;;
     fp32) PRECISION_ARGS="--no-amp --no-channels_last" ;;  # explicit, so a resumed bf16 run switches
-    *) echo "unknown PRECISION '$PRECISION' (bf16 fp32)" >&2; exit 2 ;;
+    *) echo "error: unknown PRECISION '$PRECISION' (auto bf16 fp32)" >&2; exit 2 ;;
 esac
 SCHEDULE="$((EPOCHS * 2 / 5)) $((EPOCHS * 3 / 5)) $((EPOCHS * 4 / 5))"
 for arg in "$@"; do

@@ -4,7 +4,6 @@ stderr and a non-zero exit; no file a run wrote before is damaged."""
 import errno
 import fcntl
 import gzip
-import json
 import os
 import re
 import signal
@@ -19,24 +18,7 @@ import main
 from utils import checkpoint as checkpoint_module
 from utils import files as files_module
 from utils import training as training_module
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--epochs", "1", "--subset", "256", "--print_freq", "1000"]
-
-
-def run_main(argv, capsys):
-    """(exit code, stderr) of main.main(argv), checking the one-line rule on failure."""
-    code = main.main(argv)
-    err = capsys.readouterr().err
-    if code != 0:
-        lines = [line for line in err.splitlines() if not line.startswith("warning:")]
-        assert len(lines) == 1 and "Traceback" not in err, err
-    return code, err
-
-
-def results(folder):
-    with open(os.path.join(folder, "results.json")) as f:
-        return json.load(f)
+from helpers import QUICK, ROOT, results, run_main, write_idx, write_mnist
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +48,14 @@ def finished_run(tmp_path_factory):
     (["--fine_tune"], "--fine_tune restarts from the weights of --resume"),
     (["--threshold_every", "5"], "--threshold_every only applies with --tfactors auto"),
     (["--tex", "0"], "--tex must be at least 1"),
+    # issue 19 item 9 and 12: refused only after .lock and log.txt were written, or with a traceback
+    (["--arch", "tern_resnet21"], "unknown --arch tern_resnet21"),
+    (["--tfactors", "0"], r"threshold factors must lie in \(0, 1\]"),
+    (["--tfactors", "1.5"], r"threshold factors must lie in \(0, 1\]"),
+    (["--tfactors", "0.1", "0.05"], "threshold factors must be strictly ascending"),
+    (["--arch", "resnet20", "--tfactors", "auto"], "--tfactors auto needs a ternarized arch"),
+    (["--tex", "2", "--tfactors", "0.05"], "--tex 2 disagrees with 1 threshold factors"),
+    (["--manualSeed", "-1"], r"--manualSeed must lie in 0 .. 2\^32-1, got -1"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
     folder = tmp_path / "run"
@@ -77,27 +67,6 @@ def test_bad_flags_are_refused_before_anything_is_written(tmp_path, capsys, argv
 def test_unwritable_save_path_is_one_line(capsys):
     code, err = run_main(["--save_path", "/proc/nonexistent/x"] + QUICK, capsys)
     assert code == 2 and "cannot write /proc/nonexistent/x" in err
-
-
-def write_idx(path, array, extra=b"", cut=0):
-    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
-    data = (header + array.astype(np.uint8).tobytes() + extra)[:len(header) + array.size + len(extra) - cut]
-    if path.endswith(".gz"):
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        with open(path, "wb") as f:
-            f.write(data)
-
-
-def write_mnist(folder, n_train=600, n_test=100, labels_train=None, images_train=None):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    write_idx(f"{folder}/train-images-idx3-ubyte",
-              rng.integers(0, 256, (n_train, 28, 28)) if images_train is None else images_train)
-    write_idx(f"{folder}/train-labels-idx1-ubyte", rng.integers(0, 10, n_train) if labels_train is None else labels_train)
-    write_idx(f"{folder}/t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)))
-    write_idx(f"{folder}/t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test))
 
 
 def damage_header(folder):

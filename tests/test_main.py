@@ -8,23 +8,25 @@ import torch
 import torchvision
 
 import main
+import models
 from utils.data import DEBIAN_FASHION_MNIST
 
 
-def read_scalar_tags(tb_dir):
-    """Scalar tags in tensorboardX event files (TFRecord framing: length, crc, data, crc)."""
+def read_scalar_steps(tb_dir):
+    """{tag: steps} of the scalars in tensorboardX event files (TFRecord framing: length, crc, data, crc)."""
     from tensorboardX.proto.event_pb2 import Event
 
-    tags = set()
+    steps = {}
     for name in os.listdir(tb_dir):
         data = open(os.path.join(tb_dir, name), "rb").read()
         offset = 0
         while offset < len(data):
             (length,) = struct.unpack("<Q", data[offset:offset + 8])
             event = Event.FromString(data[offset + 12:offset + 12 + length])
-            tags.update(value.tag for value in event.summary.value)
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
             offset += 12 + length + 4
-    return tags
+    return steps
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,10 @@ def test_run_writes_all_outputs(default_run):
     for name in ("log.txt", "checkpoint.pth.tar", "model_best.pth.tar", "curve.png", "results.json"):
         assert os.path.getsize(os.path.join(default_run, name)) > 0
     assert "epoch  20/20" in open(os.path.join(default_run, "log.txt")).read()
-    tags = read_scalar_tags(os.path.join(default_run, "tb_log"))
-    assert {"train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr"} <= tags
-    assert "sparsity/stage_1.0.conv_a" in tags and "alpha/classifier/branch0" in tags
+    steps = read_scalar_steps(os.path.join(default_run, "tb_log"))
+    assert {"train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr"} <= set(steps)
+    assert "sparsity/stage_1.0.conv_a" in steps and "alpha/classifier/branch0" in steps
+    assert steps["val/top1"] == list(range(1, 21))  # epochs counted from 1, as log.txt counts them
 
 
 def test_checkpoint_is_plain_data(default_run):
@@ -69,11 +72,10 @@ def test_evaluate_reproduces_best_accuracy(default_run, tmp_path, capsys):
 def test_export_then_evaluate_packed_file_gives_the_same_accuracy(default_run, tmp_path):
     best = json.load(open(os.path.join(default_run, "results.json")))["best_top1"]
     packed = str(tmp_path / "model.tern")
-    assert main.main(["--resume", os.path.join(default_run, "model_best.pth.tar"), "--export", packed,
-                      "--save_path", str(tmp_path / "export")]) == 0
-    report = json.load(open(tmp_path / "export" / "compression.json"))
-    assert report["compression_ratio"] >= 16 and report["packed_bytes"] == os.path.getsize(packed)
+    assert main.main(["--resume", os.path.join(default_run, "model_best.pth.tar"), "--export", packed]) == 0
     assert main.main(["--evaluate", "--resume", packed, "--save_path", str(tmp_path / "eval")]) == 0
+    report = json.load(open(tmp_path / "eval" / "compression.json"))
+    assert report["compression_ratio"] >= 16 and report["packed_bytes"] == os.path.getsize(packed)
     evaluated = json.load(open(tmp_path / "eval" / "results.json"))
     trained = json.load(open(os.path.join(default_run, "results.json")))
     assert evaluated["top1"] == pytest.approx(best, abs=1e-4)
@@ -81,11 +83,14 @@ def test_export_then_evaluate_packed_file_gives_the_same_accuracy(default_run, t
     assert main.main(["--resume", packed, "--save_path", str(tmp_path / "train")]) == 2
 
 
-def test_export_needs_no_data(tmp_path):
+def test_export_needs_no_data_and_no_run_folder(tmp_path, capsys):
+    weights = str(tmp_path / "weights.pth")
+    torch.save(models.get_model("tern_resnet20").state_dict(), weights)
     packed = str(tmp_path / "cifar.tern")
-    assert main.main(["--dataset", "cifar10", "--data_path", str(tmp_path / "absent"), "--export", packed,
-                      "--save_path", str(tmp_path / "out")]) == 0
-    assert os.path.getsize(packed) > 0
+    assert main.main(["--dataset", "cifar10", "--data_path", str(tmp_path / "absent"), "--pretrained", weights,
+                      "--export", packed, "--save_path", str(tmp_path / "out")]) == 0
+    assert os.path.getsize(packed) > 0 and not (tmp_path / "out").exists()
+    assert f"=> wrote {packed}" in capsys.readouterr().out
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -198,3 +203,34 @@ def test_pretrained_torchvision_offline_and_unsupported_are_one_line(tmp_path, m
     assert "could not download ResNet18_Weights.IMAGENET1K_V1" in capsys.readouterr().err
     assert main.main(["--arch", "tern_alexnet_ff_lf", "--pretrained", "torchvision", *export]) == 2
     assert "torchvision has no pretrained weights for tern_alexnet_ff_lf" in capsys.readouterr().err
+
+
+def test_an_evaluation_gets_a_folder_of_its_own_and_never_overwrites_one(default_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    os.makedirs(run)
+    for name in ("model_best.pth.tar", "results.json"):
+        with open(os.path.join(default_run, name), "rb") as src, open(run / name, "wb") as dst:
+            dst.write(src.read())
+    for folder in ("run_eval", "run_eval2"):
+        assert main.main(["--evaluate", "--resume", str(run / "model_best.pth.tar")]) == 0
+        assert json.load(open(tmp_path / folder / "results.json"))["mode"] == "evaluate"
+        assert f"saving to {tmp_path / folder}" in capsys.readouterr().out
+    assert json.load(open(run / "results.json"))["mode"] == "train"
+    code = main.main(["--evaluate", "--resume", str(run / "model_best.pth.tar"), "--save_path", str(tmp_path / "run_eval")])
+    assert code == 2 and "already holds an evaluation" in capsys.readouterr().err
+
+
+def test_lr_steps_fit_the_run():
+    scaled = main.parse_args(["--dataset", "cifar10", "--epochs", "10"])
+    assert scaled.schedule == [4, 6, 8] and scaled.gammas == [0.1, 0.1, 0.5] and "scaled to 4 6 8" in scaled.notes[0]
+    assert main.parse_args(["--epochs", "1"]).schedule == []
+    with pytest.raises(main.UserError, match="--schedule step 80 120 160 is at or past --epochs 1"):
+        main.parse_args(["--epochs", "1", "--schedule", "80", "120", "160"])
+
+
+def test_help_shows_defaults_and_what_evaluate_needs(capsys):
+    with pytest.raises(SystemExit):
+        main.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 5000)" in text and "(default: digits)" in text and "(default: None)" not in text
+    assert "evaluate the model of --resume" in text and "or --pretrained" in text

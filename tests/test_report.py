@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from tools import report
+from tools.precision import fastest_precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +98,8 @@ def test_cifar_script_dry_run_builds_the_matrix(tmp_path):
     assert f"{tmp_path}/cifar10/rel2_auto_resnet56_e200_seed5001" in lines[7]
     assert "--arch tern_resnet56 --tex 2 --tfactors auto" in lines[7] and "--manualSeed 5001" in lines[7]
     assert all(line.rstrip().endswith("--print_freq 3") and "--epochs 200 " in line for line in lines)
-    assert all("--schedule 80 120 160" in line and "--amp --channels_last" in line for line in lines)  # bf16 default
+    automatic = "--amp --channels_last" if fastest_precision() == "bf16" else "--no-amp --no-channels_last"
+    assert all("--schedule 80 120 160" in line and automatic in line for line in lines)  # PRECISION=auto
     assert not os.listdir(tmp_path)  # a dry run runs nothing
 
 
@@ -113,7 +115,7 @@ def test_cifar_script_uses_the_repository_venv_unless_python_is_given(tmp_path):
                           env={**env, "DRY_RUN": "1", "ARCHS": "resnet20", "VARIANTS": "fp", "SAVE_ROOT": str(tmp_path)})
     assert done.stdout.startswith(".venv/bin/python main.py " if venv else "python main.py ")
     _, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "fp", "SAVE_ROOT": str(tmp_path),
-                                            "PYTHON": "/opt/py/bin/python3"})
+                                            "PYTHON": "/opt/py/bin/python3", "PRECISION": "bf16"})
     assert out.startswith("/opt/py/bin/python3 main.py ")
 
 

@@ -42,9 +42,16 @@ def _safe_globals() -> list:
     return [(ReferenceRecorderStub, "utils.RecorderMeter"), *_numpy_array_globals()]
 
 
-_BENIGN_GLOBALS = {"collections.OrderedDict", "utils.RecorderMeter", "torch.device", "torch.Size", "torch.dtype",
-                   "builtins.set", "builtins.frozenset", "builtins.slice", "builtins.bytearray", "_codecs.encode"}
-_BENIGN_PREFIXES = ("torch._utils._rebuild", "torch._tensor._rebuild", "numpy.")
+def _global_name(entry) -> str:
+    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+
+
+# Exactly the names tensors, plain containers and the numpy arrays of a reference recorder
+# need: anything else a refused file imports is named in the error (numpy.testing.runstring too).
+_BENIGN_GLOBALS = {"collections.OrderedDict", "torch.device", "torch.Size", "torch.dtype", "builtins.set",
+                   "builtins.frozenset", "builtins.slice", "builtins.bytearray", "_codecs.encode",
+                   *map(_global_name, _safe_globals())}
+_BENIGN_PREFIXES = ("torch._utils._rebuild", "torch._tensor._rebuild")
 
 
 def _is_benign(name: str) -> bool:

@@ -212,9 +212,12 @@ def read_idx(path: str) -> torch.Tensor:
 
 
 def check_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, source: str) -> None:
-    """Images (N, C, H, W) with one label in [0, num_classes) each, or a UserError naming `source`."""
+    """Images (N, C, H, W), at least one, with one label in [0, num_classes) each, or a
+    UserError naming `source`."""
     if images.dim() != 4:
         raise UserError(f"{source}: expected images of shape (N, H, W) or (N, C, H, W), found {tuple(images.shape)}")
+    if len(images) == 0:
+        raise UserError(f"{source}: no images")
     if labels.dim() != 1 or len(labels) != len(images):
         raise UserError(f"{source}: {len(images)} images but {labels.numel()} labels")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
@@ -247,6 +250,9 @@ def load_mnist_like(name: str, data_path: str) -> tuple[torch.Tensor, ...]:
             for images, path in ((x_train, paths[0]), (x_test, paths[2])):
                 if images.dim() != 3:
                     raise UserError(f"{path}: expected images of shape (N, H, W), found {tuple(images.shape)}")
+                if tuple(images.shape[1:]) != (28, 28):
+                    raise UserError(f"{path}: {name} images are 28×28, these are "
+                                    f"{images.shape[2]}×{images.shape[1]}")
             for labels, path in ((y_train, paths[1]), (y_test, paths[3])):
                 if labels.dim() != 1:
                     raise UserError(f"{path}: expected one label per image, found shape {tuple(labels.shape)}")
@@ -378,8 +384,11 @@ def build_loaders(name: str, data_path: str, info: DatasetInfo, batch_size: int,
     else:
         arrays = load_cifar(name, data_path, log)
     x_train, y_train, x_test, y_test = arrays
-    check_split(x_train, y_train, info.num_classes, f"{name} training split")
     check_split(x_test, y_test, info.num_classes, f"{name} test split")
+    if include_train:
+        check_split(x_train, y_train, info.num_classes, f"{name} training split")
+        if len(y_train) < 2:
+            raise UserError(f"{name} training split: 1 image; BatchNorm needs batches of at least 2")
     test = TensorLoader(x_test, y_test, info, batch_size, train=False, device=device, seed=seed, **shard)
     if not include_train:
         return None, test

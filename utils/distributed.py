@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
+_PEER_FAILURE_MARKS = ("gloo", "nccl", "connection closed", "connection reset", "processgroup", "broken pipe")
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -67,3 +71,18 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another process of the run died
+    or failed (torch.distributed's errors, or gloo/NCCL's RuntimeErrors)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(mark in str(exc).lower() for mark in _PEER_FAILURE_MARKS)
+
+
+def peer_failure(exc: BaseException) -> UserError:
+    """The one line a surviving process says when another one failed."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"another process of this torchrun run failed or stopped ({first_line[:160]}); the last saved "
+                     "epoch is the resume point")

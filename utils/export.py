@@ -5,7 +5,8 @@ File layout (version 1, all integers little-endian):
     magic      8 bytes  b"TERNPACK"
     version    uint16   1
     header_len uint32   length of the header in bytes
-    header     zlib-compressed JSON: build config (arch, num_classes, in_channels, tfactors, first_last)
+    header     zlib-compressed JSON: build config (arch, num_classes, in_channels, tfactors, first_last),
+                        input_shape [C, H, W] (absent in files written before it was added)
                         and one entry per tensor: name, kind, shape, offset, nbytes
                         (+ for kind "ternary": alphas, base, group, group_bits)
     payload    bytes    the tensors, back to back, at the offsets the header gives
@@ -157,8 +158,10 @@ def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[by
     return entries, blobs
 
 
-def export_packed(model: nn.Module, path: str, encoding: str = "dense") -> int:
-    """Write `model` (built by models.get_model) as a packed file; returns its size in bytes."""
+def export_packed(model: nn.Module, path: str, encoding: str = "dense",
+                  input_shape: tuple[int, int, int] | None = None) -> int:
+    """Write `model` (built by models.get_model) as a packed file; returns its size in bytes.
+    `input_shape` (C, H, W): the images it was trained on, which evaluation checks."""
     config = getattr(model, "build_config", None)
     if config is None:
         raise UserError("export needs a model built by models.get_model (it records how to rebuild it)")
@@ -167,8 +170,10 @@ def export_packed(model: nn.Module, path: str, encoding: str = "dense") -> int:
     for entry, blob in zip(entries, blobs):
         entry.update(offset=offset, nbytes=len(blob))
         offset += len(blob)
-    header = zlib.compress(json.dumps({"config": config, "encoding": encoding, "tensors": entries},
-                                      separators=(",", ":")).encode(), level=9)
+    fields = {"config": config, "encoding": encoding, "tensors": entries}
+    if input_shape is not None:
+        fields["input_shape"] = list(input_shape)
+    header = zlib.compress(json.dumps(fields, separators=(",", ":")).encode(), level=9)
     body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(blobs)
     data = body + hashlib.sha256(body).digest()
     write_bytes(path, data)
@@ -230,6 +235,7 @@ def load_packed(path: str) -> nn.Module:
         state[entry["name"]] = _decode_entry(entry, payload[entry["offset"]:entry["offset"] + expected])
     model.load_state_dict(state, strict=True)
     model.build_config = config
+    model.input_shape = tuple(header.get("input_shape") or (config["in_channels"], None, None))
     model.packed_tex = {entry["name"].rpartition(".")[0]: (entry["base"] - 1) // 2
                         for entry in header["tensors"] if entry["kind"] == "ternary"}
     model.packed_tfactors = {entry["name"].rpartition(".")[0]: entry.get("tfactors")
@@ -246,5 +252,5 @@ def export_model(model: nn.Module, path: str, input_shape: tuple[int, int, int],
                 else "no ternary layers: a plain float32 model")
         return (f"=> wrote {path} ({written['bytes']:,} bytes, {kind}; the float32 ONNX of the same graph: "
                 f"{written['fp32_bytes']:,} bytes, {written['fp32_bytes'] / written['bytes']:.2f}× larger)")
-    size = export_packed(model, path, encoding)
+    size = export_packed(model, path, encoding, input_shape)
     return f"=> wrote {path} ({size:,} bytes, {encoding} encoding)"

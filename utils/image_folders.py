@@ -56,8 +56,16 @@ def _test_split(root: str) -> str | None:
 
 
 def _list_split(root: str, split: str) -> dict[str, list[os.DirEntry]]:
-    """{class name: image files, sorted by name} of one split."""
-    split_dir = os.path.join(root, split)
+    """{class name: image files, sorted by name} of one split; an entry that cannot be
+    read (a symlink loop, no permission) is a UserError naming it."""
+    try:
+        return _scan_split(os.path.join(root, split))
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename or os.path.join(root, split)}: "
+                        f"{(exc.strerror or str(exc)).lower()}") from None
+
+
+def _scan_split(split_dir: str) -> dict[str, list[os.DirEntry]]:
     classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise UserError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image files>)")
@@ -167,6 +175,8 @@ def load_image_folder(root: str, expected_classes: list[str] | None = None, log=
                         "(or val/)")
     listings = {"train": _list_split(root, "train"), test_split: _list_split(root, test_split)}
     classes = list(listings["train"])
+    if len(classes) < 2:
+        raise UserError(f"{root}: one class ({classes[0]}); a classifier needs at least two class folders")
     if list(listings[test_split]) != classes:
         difference = sorted(set(classes) ^ set(listings[test_split]))
         raise UserError(f"{root}: train/ and {test_split}/ have different class folders "

@@ -67,17 +67,18 @@ class TensorBoardLog:
             raise write_error(self.writer.logdir, exc) from None
 
     def _epoch(self, epoch: int, record: dict, model: nn.Module) -> None:
+        step = record["epoch"]  # the epoch as the log counts it, from 1
         for split in ("train", "val"):
             for metric in ("loss", "top1", "top5"):
                 key = f"{split}_{metric}"
                 if key in record:
-                    self.writer.add_scalar(f"{split}/{metric}", record[key], epoch)
-        self.writer.add_scalar("lr", record["lr"], epoch)
+                    self.writer.add_scalar(f"{split}/{metric}", record[key], step)
+        self.writer.add_scalar("lr", record["lr"], step)
         for name, layer in ternary_layers(model):
             stats = layer_stats(layer)
-            self.writer.add_scalar(f"sparsity/{name}", stats["sparsity"], epoch)
+            self.writer.add_scalar(f"sparsity/{name}", stats["sparsity"], step)
             for k, alpha in enumerate(stats["alphas"]):
-                self.writer.add_scalar(f"alpha/{name}/branch{k}", alpha, epoch)
+                self.writer.add_scalar(f"alpha/{name}/branch{k}", alpha, step)
         self.writer.flush()
 
     def close(self) -> None:

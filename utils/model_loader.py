@@ -119,10 +119,7 @@ def load_model(path: str, info: DatasetInfo, dataset: str = "the data set", choi
         return LoadedModel(model, kind)
     if kind == "packed":
         model = load_packed(path)
-        config = model.build_config
-        if (config["num_classes"], config["in_channels"]) != (info.num_classes, info.in_channels):
-            raise UserError(f"{path} was built for {config['num_classes']} classes and {config['in_channels']} "
-                            f"input channels, {dataset} has {info.num_classes} and {info.in_channels}")
+        _check_fits(path, model.build_config["num_classes"], model.input_shape, info, dataset)
         return LoadedModel(model, kind)
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     choice = choice or ModelChoice.from_checkpoint(checkpoint, path)

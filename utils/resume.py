@@ -27,6 +27,7 @@ class TrainingState:
     best_acc: float = 0.0
     best_epoch: int | None = None
     history: list = field(default_factory=list)
+    wall_time_s: float = 0.0  # seconds the run took before this process, up to its last checkpoint
 
 
 def rng_state() -> dict:
@@ -74,20 +75,23 @@ def resume_training(path: str, checkpoint: dict, settings: OptimizerSettings, op
                     scheduler, start_epoch: int, log: Callable[[str], None]) -> TrainingState:
     """The training state of a checkpoint whose weights are already in the model
     (utils.model_loader.load_model): optimizer, lr schedule, random-number state, epoch,
-    best top-1 and history. A file without one starts at `start_epoch`. A damaged
+    best top-1 and history. A file of this project without one (weights only) is refused;
+    a reference file without one starts at `start_epoch`. A damaged
     training state is a UserError naming what is wrong."""
     try:
         if is_reference_checkpoint(checkpoint):
             return _resume_reference(path, checkpoint, settings, optimizer, scheduler, start_epoch, log)
         if not all(k in checkpoint for k in ("epoch", "optimizer", "scheduler", "history")):
-            log(f"=> loaded {path} (weights only: the file holds no training state)")
-            return TrainingState(start_epoch)
+            raise UserError(f"{path} holds weights only (no training state, e.g. a --model_only checkpoint), so its "
+                            f"schedule cannot continue: train on from it with --resume {path} --fine_tune "
+                            "--save_path NEW_FOLDER, or evaluate it with --evaluate")
         load_optimizer_state(path, settings, optimizer, checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
         state = TrainingState(int(checkpoint["epoch"]), float(checkpoint.get("best_acc", 0.0)),
-                              checkpoint.get("best_epoch"), list(checkpoint["history"]))
+                              checkpoint.get("best_epoch"), list(checkpoint["history"]),
+                              float(checkpoint.get("wall_time_s", 0.0)))
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:

@@ -22,7 +22,7 @@ import models
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compression import compression_report, format_report
-from .distributed import DistributedContext, all_reduce_max
+from .distributed import DistributedContext, all_reduce_max, is_peer_failure, peer_failure
 from .errors import UserError
 from .evaluation import Metrics, evaluate
 from .files import write_json
@@ -149,7 +149,8 @@ def save_epoch(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Opt
              "bias_copies": models.layer_bias_copies(model)}
     if not config.model_only:
         state.update(epoch=epoch, arch=config.arch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     best_acc=best[0], best_epoch=best[1], history=history, args=config.args, rng=rng_state())
+                     best_acc=best[0], best_epoch=best[1], history=history, args=config.args, rng=rng_state(),
+                     world_size=world_size, wall_time_s=time.time() - started)
     if is_best:
         save_checkpoint(state, config.path("model_best.pth.tar"))
     save_checkpoint(state, config.path("checkpoint.pth.tar"))
@@ -161,23 +162,41 @@ def save_epoch(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Opt
 def repair_best_model(save_path: str, checkpoint: dict, log) -> None:
     """A run killed between its checkpoint and model_best (as older versions wrote them)
     has a model_best older than the checkpoint's best epoch: when the checkpoint itself is
-    the best epoch, write model_best from it again."""
+    the best epoch, write model_best from it again. A model_best at a later epoch than
+    the checkpoint (a kill between model_best and the checkpoint, the order save_epoch
+    writes them in) is newer, not behind: it is kept, and the resumed run recomputes
+    that epoch bit for bit."""
     best_epoch, epoch = checkpoint.get("best_epoch"), checkpoint.get("epoch")
     path = os.path.join(save_path, "model_best.pth.tar")
     if best_epoch is None or best_epoch != epoch:
         return
     saved_epoch = load_checkpoint(path).get("epoch") if os.path.isfile(path) else None
-    if saved_epoch != best_epoch:
+    if saved_epoch is None or (isinstance(saved_epoch, int) and saved_epoch < best_epoch):
         save_checkpoint(checkpoint, path)
         held = "it was missing" if saved_epoch is None else f"it held epoch {saved_epoch}"
         log(f"=> rewrote {path} from epoch {best_epoch} ({held})")
 
 
-def resume_hint(config: TrainConfig, history: list[dict]) -> str:
-    if not history or config.model_only:
+def launcher(world_size: int) -> str:
+    """The command that starts main.py with `world_size` processes, as a resume must."""
+    if world_size == 1:
+        return "python main.py"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = world_size // per_node
+    return (f"torchrun --nproc_per_node {per_node}" + (f" --nnodes {nodes} (with your rendezvous flags)"
+                                                       if nodes > 1 else "") + " main.py")
+
+
+def resume_hint(config: TrainConfig, history: list[dict], world_size: int = 1) -> str:
+    """What a stopped run can do next, given the epochs it saved."""
+    checkpoint = config.path("checkpoint.pth.tar")
+    if not history:
         return "no epoch finished, nothing to resume; start the run again"
-    return (f"epoch {history[-1]['epoch']} is saved; continue with: python main.py --resume "
-            f"{config.path('checkpoint.pth.tar')}")
+    if config.model_only:
+        return (f"epoch {history[-1]['epoch']}'s weights are saved in {checkpoint} without training state "
+                f"(--model_only): evaluate them with --evaluate --resume {checkpoint}, or train on from them "
+                f"with --resume {checkpoint} --fine_tune --save_path NEW_FOLDER")
+    return f"epoch {history[-1]['epoch']} is saved; continue with: {launcher(world_size)} --resume {checkpoint}"
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: TrainingState, train_loader,
@@ -189,6 +208,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: Tr
     scaler = torch.amp.GradScaler(device.type, enabled=precision.amp and precision.amp_dtype == "float16")
     tensorboard = TensorBoardLog(config.save_path) if context.is_main else None
     history, best = state.history, (state.best_acc, state.best_epoch)
+    saved = len(history)  # the epochs whose files are written: what a record of a stopped run describes
+    started -= state.wall_time_s  # wall_time_s counts the earlier processes of a resumed run too
     try:
         for epoch in range(state.start_epoch, config.epochs):
             signum = stop_requested(stop, context, device)
@@ -214,17 +235,23 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: Tr
                 save_epoch(config, unwrap(model), optimizer, scheduler, history, best, is_best, started,
                            context.world_size)
                 tensorboard.epoch(epoch, record, unwrap(model))
-    except (Interrupted, UserError, KeyboardInterrupt) as exc:
+            saved = len(history)
+    except (Interrupted, UserError, KeyboardInterrupt, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not (context.enabled and is_peer_failure(exc)):
+            raise
+        failure = peer_failure(exc) if isinstance(exc, RuntimeError) else exc
         if context.is_main:
             tensorboard.close()
             status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
             with contextlib.suppress(UserError):
                 write_json(config.path("results.json"),
-                           training_record(config, unwrap(model), history, started, status, context.world_size,
-                                           error=str(exc) or type(exc).__name__))
+                           training_record(config, unwrap(model), history[:saved], started, status,
+                                           context.world_size, error=str(failure) or type(exc).__name__))
         if isinstance(exc, Interrupted):
-            exc.resume_hint = resume_hint(config, history)
+            exc.resume_hint = resume_hint(config, history[:saved], context.world_size)
             exc.quiet = not context.is_main  # one line per run, from the main process
+        if failure is not exc:
+            raise failure from None
         raise
     if not context.is_main:
         return

@@ -1,0 +1,48 @@
+"""What several test files share: running main.py in-process, reading a run's record,
+writing IDX (MNIST-format) files."""
+import gzip
+import json
+import os
+
+import numpy as np
+
+import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = ["--epochs", "1", "--subset", "256", "--print_freq", "1000"]
+
+
+def run_main(argv, capsys):
+    """(exit code, stderr) of main.main(argv), checking the one-line rule on failure."""
+    code = main.main(argv)
+    err = capsys.readouterr().err
+    if code != 0:
+        lines = [line for line in err.splitlines() if not line.startswith("warning:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+    return code, err
+
+
+def results(folder):
+    with open(os.path.join(folder, "results.json")) as f:
+        return json.load(f)
+
+
+def write_idx(path, array, extra=b"", cut=0):
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    data = (header + array.astype(np.uint8).tobytes() + extra)[:len(header) + array.size + len(extra) - cut]
+    if path.endswith(".gz"):
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def write_mnist(folder, n_train=600, n_test=100, labels_train=None, images_train=None):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    write_idx(f"{folder}/train-images-idx3-ubyte",
+              rng.integers(0, 256, (n_train, 28, 28)) if images_train is None else images_train)
+    write_idx(f"{folder}/train-labels-idx1-ubyte", rng.integers(0, 10, n_train) if labels_train is None else labels_train)
+    write_idx(f"{folder}/t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)))
+    write_idx(f"{folder}/t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test))
