@@ -37,7 +37,7 @@ from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info
 from utils.distributed import (DistributedContext, init_distributed, is_peer_failure, launched_by_torchrun,
                                peer_failure, shutdown)
 from utils.errors import UserError
-from utils.evaluation import evaluate
+from utils.evaluation import evaluate, format_metrics
 from utils.export import ENCODINGS, export_model
 from utils.files import write_json
 from utils.hardware import Precision, precision_hint, prepare_model, select_device, unwrap
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set (digits is embedded: offline)")
     data.add_argument("--data_path", default="./data", help="where the data set is (or is downloaded to)")
     data.add_argument("--workers", type=int, default=4, help="data-loading processes (ImageNet only)")
+    data.add_argument("--cache_dir", default=None, metavar="DIR",
+                      help="where image folders (CIFAR copies, --dataset folder) cache their decoded images "
+                           "(default: DATA_PATH/.decoded.pt, or ~/.cache/ternary-cnn when DATA_PATH is read-only)")
     data.add_argument("--subset", type=int, default=None, metavar="N",
                       help="train on a seeded random subset of N training images (quick experiments)")
     model = parser.add_argument_group("model")
@@ -311,7 +314,7 @@ RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "thresh
                 "subset")
 _FLAG_OF = {"auto_thresholds": "tfactors"}
 # Flags a resumed run takes from the checkpoint when not given, and may change.
-CARRIED_OVER = ("data_path", "amp", "amp_dtype", "channels_last", "model_only", "print_freq", "workers")
+CARRIED_OVER = ("data_path", "cache_dir", "amp", "amp_dtype", "channels_last", "model_only", "print_freq", "workers")
 # Flags that define the network: what an evaluation, export or fine-tuning of a checkpoint takes from it.
 MODEL_DEFINING = ("arch", "tex", "tfactors", "auto_thresholds", "first_last")
 
@@ -466,12 +469,12 @@ def run_evaluation(args: argparse.Namespace, model: nn.Module, kind: str | None,
     source = args.resume or args.pretrained
     report = None
     if kind == "onnx":
-        logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
+        logger.info(f"{format_metrics(result)}  loss {result['loss']:.4f}  "
                     f"({os.path.getsize(source):,} bytes of ONNX, onnxruntime)")
     else:
         report = report_compression(args, unwrap(model), info, os.path.getsize(source) if kind == "packed" else None,
                                     logger)
-        logger.info(f"Prec@1 {result['top1']:.2f}  Prec@5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
+        logger.info(f"{format_metrics(result)}  loss {result['loss']:.4f}  "
                     f"sparsity {100 * report['ternary_sparsity']:.2f}%")
     write_json(os.path.join(args.save_path, "results.json"), run_record(
         mode="evaluate", status="complete", arch=None if kind == "onnx" else args.arch, dataset=args.dataset,
@@ -500,7 +503,7 @@ def run_export(args: argparse.Namespace, kind: str | None, checkpoint: dict | No
     if not context.is_main:
         return
     logger = make_logger(None)
-    info = dataset_info(args.dataset, args.data_path, logger.info)
+    info = dataset_info(args.dataset, args.data_path, logger.info, args.cache_dir)
     model = load_run_model(args, kind, checkpoint, info, device, logger)
     logger.info(export_model(model, args.export, input_shape(info), args.export_encoding))
     if not is_onnx_file(args.export):
@@ -529,7 +532,7 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
     with claim_folder(args, context) as folder_notes:
         logger = start_logging(args, device, context, notes + (folder_notes or []))
         seed_everything(args.manualSeed)
-        info = dataset_info(args.dataset, args.data_path, logger.info)
+        info = dataset_info(args.dataset, args.data_path, logger.info, args.cache_dir)
         model = load_run_model(args, kind, checkpoint, info, device, logger)
         state = TrainingState(args.start_epoch)
         if not args.evaluate:
@@ -548,7 +551,8 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
         train_loader, test_loader = build_loaders(args.dataset, args.data_path, info, args.batch_size, loader_device,
                                                   seed=args.manualSeed, workers=args.workers, subset=args.subset,
                                                   include_train=not args.evaluate, rank=context.rank,
-                                                  world_size=context.world_size, log=logger.info)
+                                                  world_size=context.world_size, log=logger.info,
+                                                  cache_dir=args.cache_dir)
         if kind != "onnx":
             logger.info(f"{sum(p.numel() for p in model.parameters()):,} parameters; {test_loader.dataset_size} test "
                         "images" + (f", {train_loader.dataset_size} train images" if train_loader else ""))

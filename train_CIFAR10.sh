@@ -35,10 +35,19 @@ DATASET=${DATASET:-cifar10}
 DATA_PATH=${DATA_PATH:-./data/$DATASET}
 SAVE_ROOT=${SAVE_ROOT:-./save}
 EPOCHS=${EPOCHS:-200}
+for arg in "$@"; do
+    case $arg in
+        --epochs|--epochs=*) echo "error: give the length as EPOCHS=N bash train_CIFAR10.sh (it names the run folders and places the lr steps at 40/60/80%), not --epochs" >&2; exit 2 ;;
+    esac
+done
 PRECISION=${PRECISION:-auto}
 if [ "$PRECISION" = auto ]; then
     read -ra launcher <<< "$PYTHON"
-    PRECISION=$("${launcher[0]}" -m tools.precision) || exit 2
+    case ${launcher[0]} in
+        *python*) detector=${launcher[0]} ;;
+        *) detector=$(PYTHON="" matrix_python) ;;  # a launcher such as torchrun: ask the Python it would run
+    esac
+    PRECISION=$("$detector" -m tools.precision) || exit 2
     echo "== PRECISION=auto: $PRECISION on this machine" >&2
 fi
 case $PRECISION in
@@ -46,12 +55,14 @@ case $PRECISION in
     fp32) PRECISION_ARGS="--no-amp --no-channels_last" ;;  # explicit, so a resumed bf16 run switches
     *) echo "error: unknown PRECISION '$PRECISION' (auto bf16 fp32)" >&2; exit 2 ;;
 esac
-SCHEDULE="$((EPOCHS * 2 / 5)) $((EPOCHS * 3 / 5)) $((EPOCHS * 4 / 5))"
-for arg in "$@"; do
-    case $arg in
-        --epochs|--epochs=*) echo "error: give the length as EPOCHS=N bash train_CIFAR10.sh (it names the run folders and places the lr steps at 40/60/80%), not --epochs" >&2; exit 2 ;;
-    esac
+# lr steps at 40/60/80% of the epochs with factors 0.1 0.1 0.5; a step before epoch 1 (EPOCHS < 5) is dropped
+SCHEDULE="" GAMMAS=""
+for step in "$((EPOCHS * 2 / 5)) 0.1" "$((EPOCHS * 3 / 5)) 0.1" "$((EPOCHS * 4 / 5)) 0.5"; do
+    read -r epoch gamma <<< "$step"
+    if [ "$epoch" -ge 1 ]; then SCHEDULE+=" $epoch" GAMMAS+=" $gamma"; fi
 done
+SCHEDULE_ARGS=""
+if [ -n "$SCHEDULE" ]; then SCHEDULE_ARGS="--schedule$SCHEDULE --gammas$GAMMAS"; fi
 
 variant_args() {  # variant_args VARIANT ARCH: main.py's model flags
     case $1 in
@@ -74,11 +85,11 @@ for arch in $ARCHS; do
     for variant in $VARIANTS; do
         model_args=$(variant_args "$variant" "$arch") || exit 2
         for seed in $(seed_list "$SEEDS" "$FIRST_SEED"); do
-            # shellcheck disable=SC2086  # model_args and PRECISION_ARGS are lists of flags
+            # shellcheck disable=SC2086  # model_args, SCHEDULE_ARGS and PRECISION_ARGS are lists of flags
             run_one "$SAVE_ROOT/$DATASET/${variant}_${arch}_e${EPOCHS}_seed$seed" \
                 --dataset "$DATASET" --data_path "$DATA_PATH" $model_args \
                 --epochs "$EPOCHS" --optimizer SGD --learning_rate 0.1 --momentum 0.9 --decay 3e-4 --batch_size 128 \
-                --schedule $SCHEDULE --gammas 0.1 0.1 0.5 --manualSeed "$seed" --print_freq 100 $PRECISION_ARGS "$@"
+                $SCHEDULE_ARGS --manualSeed "$seed" --print_freq 100 $PRECISION_ARGS "$@"
         done
     done
 done

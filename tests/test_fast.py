@@ -58,7 +58,7 @@ def test_sharded_evaluation_is_exact(distributed_run, tmp_path):
 
 def test_distributed_resume_continues_the_run(tmp_path):
     save = str(tmp_path / "run")
-    schedule = ["--schedule", "2", "--gammas", "0.1", "--batch_size", "64", "--save_path", save]
+    schedule = ["--schedule", "1", "--gammas", "0.1", "--batch_size", "64", "--save_path", save]
     torchrun(2, ["--epochs", "2", *schedule], port=29572)
     out = torchrun(2, ["--epochs", "3", "--resume", os.path.join(save, "checkpoint.pth.tar"), *schedule], port=29573)
     assert "resumed" in out
@@ -155,7 +155,6 @@ def test_compile_smoke_run(tmp_path):
     reason = _compile_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    assert main.main(["--compile", "--subset", "256", "--epochs", "1", "--schedule", "1", "--gammas", "0.1",
-                      "--save_path", str(tmp_path)]) == 0
+    assert main.main(["--compile", "--subset", "256", "--epochs", "1", "--save_path", str(tmp_path)]) == 0
     checkpoint = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)
     assert not any(k.startswith("_orig_mod.") for k in checkpoint["state_dict"])

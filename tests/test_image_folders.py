@@ -1,4 +1,5 @@
 """Image-folder data sets: CIFAR copies in class folders, a user's own folder, the cache."""
+import json
 import os
 import time
 
@@ -171,10 +172,16 @@ def test_main_trains_and_evaluates_a_user_folder(tmp_path, capsys):
     checkpoint = torch.load(save / "model_best.pth.tar", weights_only=True)
     assert checkpoint["state_dict"]["classifier.weight"].shape == (3, 64)
     assert checkpoint["state_dict"]["conv_1_3x3.weight"].shape[1] == 3
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert (f"{tmp_path / 'data'}: 3 classes (cat, dog, owl), 16×16 images with 3 channels, 60 train and 15 test "
+            "images") in out
+    assert "top5" not in out  # with 3 classes every label is in the top 5
+    record = json.load(open(save / "results.json"))
+    assert record["top5"] is None and "val_top5" not in record["history"][0]
     assert main.main(["--dataset", "folder", "--data_path", str(tmp_path / "data"), "--evaluate",
                       "--resume", str(save / "model_best.pth.tar"), "--save_path", str(tmp_path / "eval")]) == 0
-    assert "Prec@1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Prec@1" in out and "Prec@5" not in out
 
 
 def test_main_folder_errors_are_one_line(tmp_path, capsys):
@@ -195,3 +202,12 @@ def test_real_cifar10_jpeg_slice_learns(tmp_path):
     import json
     results = json.loads((save / "results.json").read_text())
     assert results["best_top1"] >= 30.0  # measured 39.5 here (2,000 train images, 4 epochs); chance is 10%
+
+
+def test_cache_dir_chooses_where_the_decoded_images_go(tmp_path, capsys):
+    write_folder(tmp_path / "data", ["cat", "dog"], per_class=(4, 2), size=(8, 8), seed=3)
+    argv = ["--dataset", "folder", "--data_path", str(tmp_path / "data"), "--cache_dir", str(tmp_path / "cache"),
+            "--epochs", "1", "--save_path", str(tmp_path / "run")]
+    assert main.main(argv) == 0
+    assert len(os.listdir(tmp_path / "cache")) == 1 and not (tmp_path / "data" / ".decoded.pt").exists()
+    assert f"cached decoded images in {tmp_path / 'cache'}" in capsys.readouterr().out

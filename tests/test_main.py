@@ -1,6 +1,7 @@
 """main.py end to end: the default job, outputs, resume, evaluate, bad input."""
 import json
 import os
+import signal
 import struct
 
 import pytest
@@ -9,6 +10,7 @@ import torchvision
 
 import main
 import models
+from utils import training as training_module
 from utils.data import DEBIAN_FASHION_MNIST
 
 
@@ -93,12 +95,20 @@ def test_export_needs_no_data_and_no_run_folder(tmp_path, capsys):
     assert f"=> wrote {packed}" in capsys.readouterr().out
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
     common = ["--epochs", "2", "--subset", "600", "--print_freq", "1000"]
     assert main.main(common + ["--save_path", str(tmp_path / "straight")]) == 0
-    assert main.main(["--epochs", "1", "--subset", "600", "--save_path", str(tmp_path / "split")]) == 0
-    assert main.main(common + ["--save_path", str(tmp_path / "split"),
-                               "--resume", str(tmp_path / "split" / "checkpoint.pth.tar")]) == 0
+    real_save = training_module.save_checkpoint
+
+    def save_then_stop(state, path):  # SIGTERM once epoch 1's checkpoint is written
+        real_save(state, path)
+        if path.endswith("checkpoint.pth.tar"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(training_module, "save_checkpoint", save_then_stop)
+    assert main.main(common + ["--save_path", str(tmp_path / "split")]) == 143
+    monkeypatch.undo()
+    assert main.main(["--resume", str(tmp_path / "split" / "checkpoint.pth.tar")]) == 0
     straight = torch.load(tmp_path / "straight" / "checkpoint.pth.tar", weights_only=True)
     split = torch.load(tmp_path / "split" / "checkpoint.pth.tar", weights_only=True)
     assert split["epoch"] == 2 and len(split["history"]) == 2
@@ -127,7 +137,7 @@ def test_fashion_mnist_subset_learns(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--arch", "resnet21"], "unknown arch 'resnet21'; valid archs: .*tern_resnet20"),
+    (["--arch", "resnet21"], "unknown --arch resnet21; valid archs: .*tern_resnet20"),
     (["--dataset", "imagenet", "--data_path", "/nonexistent"], "ImageFolder at /nonexistent/train"),
     (["--schedule", "1", "2", "--gammas", "0.1"], "--schedule has 2 epochs but --gammas has 1"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--arch", "nope"], "cuda|unknown arch"),
@@ -234,3 +244,16 @@ def test_help_shows_defaults_and_what_evaluate_needs(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 5000)" in text and "(default: digits)" in text and "(default: None)" not in text
     assert "evaluate the model of --resume" in text and "or --pretrained" in text
+
+
+def test_a_short_run_plots_each_epoch_as_a_point_on_whole_epoch_ticks(monkeypatch, tmp_path):
+    from utils import logging as run_logging
+
+    drawn = []
+    monkeypatch.setattr(run_logging, "save_figure", lambda fig, path, dpi: drawn.append(fig))
+    epoch = {"epoch": 1, "train_top1": 20.0, "val_top1": 15.0, "train_loss": 2.3, "val_loss": 2.4}
+    run_logging.plot_curves([epoch], str(tmp_path / "curve.png"))
+    axis = drawn[0].axes[0]
+    low, high = axis.get_xlim()
+    ticks = [t for t in axis.get_xticks() if low <= t <= high]
+    assert ticks == [1.0] and all(line.get_marker() == "o" for line in axis.get_lines())

@@ -1,6 +1,7 @@
 """ONNX export with int4 ternary codes: parity with PyTorch in onnxruntime, the codes
 themselves, evaluation of ONNX files through main.py, and bad input."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -129,15 +130,19 @@ def test_fashion_mnist_onnx_accuracy_equals_the_checkpoint(tmp_path, capsys):
 
 
 def test_full_precision_model_exports_as_plain_float32(tmp_path, capsys):
-    assert main.main(["--arch", "resnet20", "--export", str(tmp_path / "fp.onnx"), "--save_path",
-                      str(tmp_path / "x")]) == 0
+    weights = str(tmp_path / "fp.pth")
+    torch.save(get_model("resnet20", in_channels=1).state_dict(), weights)
+    assert main.main(["--arch", "resnet20", "--pretrained", weights, "--export", str(tmp_path / "fp.onnx")]) == 0
     assert "no ternary layers: a plain float32 model" in capsys.readouterr().out
     proto = onnx.load(str(tmp_path / "fp.onnx"))
     assert not any(node.op_type == "DequantizeLinear" for node in proto.graph.node)
+    assert main.main(["--arch", "resnet20", "--pretrained", weights, "--export", "/nonexistent/folder/m.onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write /nonexistent/folder/m.onnx" in err
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--export", "/nonexistent/folder/m.onnx"], "cannot write /nonexistent/folder/m.onnx"),
+    (["--export", "/nonexistent/folder/m.onnx"], "--export needs a trained model: --resume CHECKPOINT or --pretrained"),
     (["--export", "model.pt"], "unknown format; name the file .tern"),
     (["--evaluate", "--resume", "missing.onnx"], "ONNX file not found"),
     (["--resume", "model.onnx"], "is an ONNX inference file: use it with --evaluate"),
@@ -159,3 +164,16 @@ def test_onnx_of_another_shape_or_a_broken_file_is_refused(digits_run, tmp_path,
     assert main.main(["--evaluate", "--resume", str(tmp_path / "broken.onnx"), "--save_path", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot load") and err.count("\n") == 1
+
+
+def test_int8_quantization_is_quiet_and_keeps_batchnorm_as_its_docs_say(tmp_path, caplog):
+    from tools.deploy_benchmark import quantize_int8
+
+    fp32_path, int8_path = str(tmp_path / "fp32.onnx"), str(tmp_path / "int8.onnx")
+    export_onnx(get_model("tern_resnet20", in_channels=1).eval(), fp32_path, (1, 8, 8), ternary_codes=False)
+    caplog.clear()
+    quantize_int8(fp32_path, int8_path, np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert not warnings  # onnxruntime's quantizer logs ~40 warnings about computed conv biases otherwise
+    ops = [node.op_type for node in onnx.load(int8_path).graph.node]
+    assert ops.count("BatchNormalization") == 19 and "QuantizeLinear" in ops  # not folded into the convs

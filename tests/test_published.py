@@ -29,8 +29,7 @@ def evaluated_top1(tmp_path, dataset, data_path, model_path):
 
 
 def train_digits(save, arch, epochs=1):
-    assert main.main(["--arch", arch, "--epochs", str(epochs), "--schedule", "1", "--gammas", "0.1",
-                      "--save_path", str(save)]) == 0
+    assert main.main(["--arch", arch, "--epochs", str(epochs), "--save_path", str(save)]) == 0
 
 
 @pytest.mark.parametrize("arch,suffix", [("tern_resnet20", ".tern"), ("resnet20", ".pth")])

@@ -37,7 +37,7 @@ def test_report_aggregates_seeds_and_compares_with_the_paper(tmp_path):
     assert tern["seeds"] == [5000, 5001] and tern["status"] == "2 complete"
     rel = rows[("cifar10", "tern_resnet20 t_ex=2")]
     assert rel["paper"] is None and rel["top1"] == "92.50"  # not a configuration of the paper's table
-    assert rows[("cifar10", "resnet56")]["status"] == "not run"  # paper rows without runs are listed
+    assert ("cifar10", "resnet56") not in rows  # paper rows without runs stay in the paper's own table
 
 
 def test_ternarized_rows_are_compared_with_full_precision_at_equal_epochs(tmp_path):
@@ -207,3 +207,23 @@ def test_a_run_resumed_in_another_precision_shows_both():
     history = [{"precision": "bf16+channels_last"}, {"precision": "bf16+channels_last"}, {"precision": "fp32"}]
     assert report.run_precision({"history": history, "precision": "fp32"}) == "bf16→fp32"
     assert report.run_precision({"args": {"amp": True}}) == "bf16"
+
+
+def test_evaluations_are_listed_apart_and_name_their_model(tmp_path, capsys):
+    write_run(tmp_path / "run", "tern_resnet20", 5000, 85.0, epochs=40)
+    for folder, arch, source, kind in (("run_eval", "tern_resnet20", "run/model_best.pth.tar", "checkpoint"),
+                                       ("onnx_eval", None, "exports/model.onnx", "onnx")):
+        os.makedirs(tmp_path / folder)
+        with open(tmp_path / folder / "results.json", "w") as f:
+            json.dump({"mode": "evaluate", "status": "complete", "arch": arch, "dataset": "cifar10", "source": source,
+                       "format": kind, "precision": "fp32", "top1": 84.5, "top5": 99.1, "args": {"manualSeed": 5000}},
+                      f)
+    runs = report.find_runs([str(tmp_path)])
+    rows = report.report_rows(runs)
+    assert [(row["config"], row["status"]) for row in rows] == [("tern_resnet20", "1 complete")]
+    evaluations = report.format_evaluations(runs).splitlines()
+    assert len(evaluations) == 4
+    assert "| cifar10 | model.onnx | exports/model.onnx | onnx | 84.50 | 99.10 | fp32 |" in evaluations[2]
+    assert "| cifar10 | tern_resnet20 | run/model_best.pth.tar | checkpoint | 84.50 |" in evaluations[3]
+    assert report.main([str(tmp_path)]) == 0
+    assert "Evaluations (main.py --evaluate):" in capsys.readouterr().out

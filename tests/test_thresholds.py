@@ -146,8 +146,8 @@ def test_auto_thresholds_training_checkpoint_and_evaluation(tmp_path):
 def test_threshold_every_steps_reoptimises_during_the_epoch(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(main.models, "optimize_model_thresholds", lambda model: calls.append(1) or {})
-    assert main.main(["--tfactors", "auto", "--threshold_every", "4", "--epochs", "1", "--schedule", "1",
-                      "--gammas", "0.1", "--save_path", str(tmp_path)]) == 0
+    assert main.main(["--tfactors", "auto", "--threshold_every", "4", "--epochs", "1", "--save_path",
+                      str(tmp_path)]) == 0
     steps = -(-1437 // main.RECIPES["small"]["batch_size"])  # digits' 1,437 training images
     assert len(calls) == 1 + steps // 4  # once when built, then every 4 of the epoch's steps
 

@@ -6,15 +6,25 @@ BF16 or AMX), else "fp32". train_CIFAR10.sh and train_ImageNet.sh use it for PRE
 """
 from __future__ import annotations
 
+import argparse
+import sys
+
 import torch
 
 from utils.hardware import fast_bf16
 
 
 def fastest_precision() -> str:
+    """"bf16" where this machine's default device computes bf16 natively, else "fp32"."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return "bf16" if fast_bf16(device) else "fp32"
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     print(fastest_precision())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -69,7 +69,7 @@ def training_command(args: dict, data_path: str) -> str:
     parts = ["python main.py"]
     for key in TRAINING_FLAGS:
         value = "auto" if key == "tfactors" and args.get("auto_thresholds") else args.get(key)
-        if value is not None:
+        if value is not None and value != []:  # no lr steps (a run too short for one): no --schedule
             parts.append(f"--{key} {_flag_value(value)}")
         if key == "dataset":
             parts.append(f"--data_path {data_path}")

@@ -3,12 +3,14 @@
     python -m tools.report save/                      # every run under save/, table to save/report.md
     python -m tools.report save/cifar10 --output cifar10.md --curves cifar10.png
 
-Scans the folders for results.json (written by main.py every epoch), groups runs that
-differ only in their seed, and prints a markdown table: top-1 (mean ± std over seeds),
+Scans the folders for results.json (written by main.py every epoch), groups training runs
+that differ only in their seed, and prints a markdown table: top-1 (mean ± std over seeds),
 the number the paper reports for the same configuration, the difference, epochs,
 weight compression and sparsity. Unfinished runs and folders with a checkpoint but no
-results are listed as partial; paper rows of a data set with no run are listed as not
-run. Also plots the validation curves of every run into one PNG.
+results are listed as partial. Evaluations (main.py --evaluate of a checkpoint, a .tern or
+an .onnx file) get a table of their own, naming the model and the file. The paper's
+configurations that have no run appear only in the paper's own table (--readme). Also
+plots the validation curves of every training run into one PNG.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils.files import write_text  # noqa: E402
 from utils.logging import save_figure  # noqa: E402
@@ -58,6 +61,10 @@ class Run:
     sparsity: float | None
     wall_time_s: float | None
     history: list = field(default_factory=list)
+    mode: str = "train"  # "train" or "evaluate"
+    source: str | None = None  # an evaluation's file, and its format (checkpoint, packed, onnx)
+    file_format: str | None = None
+    top5: float | None = None
 
 
 def config_label(results: dict) -> str:
@@ -102,10 +109,13 @@ def read_run(folder: str) -> Run | None:
     args = results.get("args", {})
     label, seed = config_label(results), args.get("manualSeed")
     precision = run_precision(results)
-    if results.get("mode") == "evaluate":  # e.g. pretrained full-precision weights, evaluated only
-        return Run(folder, results.get("dataset", "?"), label, seed, "complete", 0, 0, results.get("top1"),
+    if results.get("mode") == "evaluate":
+        source = results.get("source")
+        model = results.get("arch") or (os.path.basename(source) if source else label)  # an ONNX file names no arch
+        return Run(folder, results.get("dataset", "?"), model, seed, "complete", 0, 0, results.get("top1"),
                    results.get("top1"), precision, results.get("weight_compression"), results.get("sparsity"),
-                   results.get("wall_time_s"))
+                   results.get("wall_time_s"), mode="evaluate", source=source, file_format=results.get("format"),
+                   top5=results.get("top5"))
     history = results.get("history", [])
     epochs = results.get("epochs")
     status = results.get("status") or ("complete" if len(history) >= (epochs or 0) else "running")
@@ -146,11 +156,11 @@ def full_precision_twin(config: str) -> str | None:
 
 
 def report_rows(runs: list[Run]) -> list[dict]:
-    """One row per (dataset, config, epochs, precision): complete seeds aggregated, partial runs counted,
-    paper configurations of the data sets present that have no run at all. A ternarized
-    row also gets its gap to the full-precision twin trained for as many epochs."""
+    """One row per (dataset, config, epochs, precision) of the training runs: complete seeds
+    aggregated, partial runs counted. A ternarized row also gets its gap to the
+    full-precision twin trained for as many epochs."""
     groups: dict[tuple[str, str, int, str], list[Run]] = {}
-    for run in runs:  # runs differing only in their seed
+    for run in (run for run in runs if run.mode == "train"):  # runs differing only in their seed
         groups.setdefault((run.dataset, run.config, run.epochs or 0, run.precision), []).append(run)
     rows = []
     for (dataset, config, _, _), group in sorted(groups.items()):
@@ -175,14 +185,6 @@ def report_rows(runs: list[Run]) -> list[dict]:
     for row in rows:
         twin = means.get((row["dataset"], full_precision_twin(row["config"]), row["epochs"], row["precision"]))
         row["vs_fp"] = None if twin is None or row["top1_mean"] is None else row["top1_mean"] - twin
-    datasets = {dataset for dataset, *_ in groups}
-    configs = {(dataset, config) for dataset, config, *_ in groups}
-    for (dataset, config), paper in PAPER_TOP1.items():
-        if dataset in datasets and (dataset, config) not in configs:
-            rows.append({"dataset": dataset, "config": config, "seeds": [], "top1": "—", "top1_mean": None,
-                         "final": "—", "precision": "—", "vs_fp": None, "paper": paper, "diff": None,
-                         "epochs": None, "status": "not run", "compression": None, "sparsity": None,
-                         "wall_time_s": None})
     return rows
 
 
@@ -198,10 +200,25 @@ def format_rows(rows: list[dict]) -> str:
         lines.append(
             f"| {row['dataset']} | {row['config']} | {row['top1']} | {row['final']} | {number(row['vs_fp'], '+.2f')} | "
             f"{number(row['paper'], '.2f')} | {number(row['diff'], '+.2f')} | {len(row['seeds']) or '—'} | "
-            f"{'evaluated' if row['epochs'] == 0 else row['epochs'] or '—'} | {row['precision']} | "
+            f"{row['epochs'] or '—'} | {row['precision']} | "
             f"{number(row['compression'], '.1f')}{'×' if row['compression'] else ''} | "
             f"{number(sparsity, '.1f')}{'%' if sparsity is not None else ''} | "
             f"{number(row['wall_time_s'], '.0f')}{' s' if row['wall_time_s'] is not None else ''} | {row['status']} |")
+    return "\n".join(lines)
+
+
+def format_evaluations(runs: list[Run]) -> str:
+    """The evaluations (main.py --evaluate), one row each, or "" when there are none."""
+    evaluations = [run for run in runs if run.mode == "evaluate"]
+    if not evaluations:
+        return ""
+    lines = ["| data set | model | file | format | top-1 % | top-5 % | precision | folder |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in evaluations:
+        top5 = "—" if run.top5 is None else f"{run.top5:.2f}"
+        top1 = "—" if run.best_top1 is None else f"{run.best_top1:.2f}"
+        lines.append(f"| {run.dataset} | {run.config} | {run.source or '—'} | {run.file_format or '—'} | {top1} | "
+                     f"{top5} | {run.precision} | {run.path} |")
     return "\n".join(lines)
 
 
@@ -269,7 +286,7 @@ def update_document(path: str, name: str, table: str) -> bool:
 def plot_runs(runs: list[Run], path: str) -> None:
     """One row per data set: validation top-1 and training loss per epoch of every run with
     a history; one colour per configuration, one line style per seed."""
-    runs = [run for run in runs if run.history]
+    runs = [run for run in runs if run.history and run.mode == "train"]
     datasets = sorted({run.dataset for run in runs}) or ["(no runs with a history)"]
     fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 4 * len(datasets)), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -281,11 +298,14 @@ def plot_runs(runs: list[Run], path: str) -> None:
         for run in group:
             epochs = [record["epoch"] for record in run.history]
             style = dict(color=colours[configs.index(run.config) % len(colours)],
+                         marker="o" if len(epochs) < 30 else None,  # a run of one or two epochs shows as points
                          linestyle=styles[seeds.index(run.seed) % len(styles)],
                          label=f"{run.config} seed {run.seed}" + ("" if run.status == "complete" else " (partial)"))
             top1_axis.plot(epochs, [record["val_top1"] for record in run.history], **style)
             loss_axis.plot(epochs, [record["train_loss"] for record in run.history], **style)
         top1_axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title=f"{dataset}: validation accuracy")
+        top1_axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log", title=f"{dataset}: training loss")
         for axis in (top1_axis, loss_axis):
             axis.grid(alpha=0.3)
@@ -311,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no training runs (results.json or checkpoint.pth.tar) under {', '.join(args.roots)}")
         return 1
     table = format_rows(report_rows(runs))
+    evaluations = format_evaluations(runs)
+    if evaluations:
+        table += "\n\nEvaluations (main.py --evaluate):\n\n" + evaluations
     print(table)
     output = args.output or os.path.join(args.roots[0], "report.md")
     curves = args.curves or os.path.join(args.roots[0], "curves.png")

@@ -68,7 +68,8 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def dataset_info(name: str, data_path: str | None = None, log: Callable[[str], None] = print) -> DatasetInfo:
+def dataset_info(name: str, data_path: str | None = None, log: Callable[[str], None] = print,
+                 cache_dir: str | None = None) -> DatasetInfo:
     """The data set's shape and preprocessing. For "folder" it is read from the folder
     at data_path (decoded once, then cached): its classes, channels, square image size,
     per-channel mean/std of the training split, and a crop padding of size/8. A run asks
@@ -77,14 +78,17 @@ def dataset_info(name: str, data_path: str | None = None, log: Callable[[str], N
         raise UserError(f"unknown dataset '{name}'; valid datasets: {', '.join(DATASETS)}")
     if name != "folder" or data_path is None:
         return DATASETS[name]
-    return _folder_info(data_path, log)
+    return _folder_info(data_path, log, cache_dir)
 
 
-def _folder_info(data_path: str, log: Callable[[str], None]) -> DatasetInfo:
-    data = load_image_folder(data_path, None, log)
+def _folder_info(data_path: str, log: Callable[[str], None], cache_dir: str | None) -> DatasetInfo:
+    data = load_image_folder(data_path, None, log, cache_dir)
     channels, height, width = data.x_train.shape[1:]
     if height != width:
         raise UserError(f"{data_path}: images are {width}×{height}; the models take square images")
+    shown = ", ".join(data.classes[:8]) + (", ..." if len(data.classes) > 8 else "")
+    log(f"=> {data_path}: {len(data.classes)} classes ({shown}), {width}×{height} images with {channels} "
+        f"channel{'s' if channels > 1 else ''}, {len(data.y_train)} train and {len(data.y_test)} test images")
     return replace(DATASETS["folder"], num_classes=len(data.classes), in_channels=channels, image_size=height,
                    mean=data.mean, std=data.std, crop_padding=max(1, height // 8))
 
@@ -278,11 +282,12 @@ def _torchvision_dataset(dataset_class, root: str, train: bool, label: str):
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 
-def load_cifar(name: str, data_path: str, log: Callable[[str], None] = print) -> tuple[torch.Tensor, ...]:
+def load_cifar(name: str, data_path: str, log: Callable[[str], None] = print,
+               cache_dir: str | None = None) -> tuple[torch.Tensor, ...]:
     """CIFAR from an image-folder copy at data_path (class folders named as the data
     set's classes) or from torchvision's pickled batches (downloaded when missing)."""
     if is_image_folder(data_path):
-        data = load_image_folder(data_path, CLASS_NAMES[name], log)
+        data = load_image_folder(data_path, CLASS_NAMES[name], log, cache_dir)
         x_train, x_test = (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x for x in (data.x_train, data.x_test))
         if x_train.shape[2:] != (32, 32):
             raise UserError(f"{data_path}: {name} images are 32×32, these are {x_train.shape[3]}×{x_train.shape[2]}")
@@ -362,7 +367,7 @@ def random_subset(size: int, subset: int | None, seed: int) -> torch.Tensor | No
 
 def build_loaders(name: str, data_path: str, info: DatasetInfo, batch_size: int, device: torch.device, seed: int = 0,
                   workers: int = 4, subset: int | None = None, include_train: bool = True, rank: int = 0,
-                  world_size: int = 1, log: Callable[[str], None] = print
+                  world_size: int = 1, log: Callable[[str], None] = print, cache_dir: str | None = None
                   ) -> tuple[TensorLoader | ImageFolderLoader | None, TensorLoader | ImageFolderLoader]:
     """(train loader, test loader) for a data set; both have set_epoch and dataset_size.
     `subset` trains on a seeded random subset of the training split; with
@@ -379,10 +384,10 @@ def build_loaders(name: str, data_path: str, info: DatasetInfo, batch_size: int,
     elif name in ("mnist", "fashion_mnist"):
         arrays = load_mnist_like(name, data_path)
     elif name == "folder":
-        data = load_image_folder(data_path, None, log)
+        data = load_image_folder(data_path, None, log, cache_dir)
         arrays = data.x_train, data.y_train, data.x_test, data.y_test
     else:
-        arrays = load_cifar(name, data_path, log)
+        arrays = load_cifar(name, data_path, log, cache_dir)
     x_train, y_train, x_test, y_test = arrays
     check_split(x_test, y_test, info.num_classes, f"{name} test split")
     if include_train:

@@ -18,18 +18,33 @@ class Metrics:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(3, device=device)
         self.count = 0
+        self.classes = 0
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target[:, None])
         batch = target.shape[0]
         self.sums += torch.stack([loss.float() * batch, hits[:, 0].sum().float(), hits.sum().float()])
         self.count += batch
+        self.classes = logits.shape[1]
 
     def summary(self) -> dict[str, float]:
+        """loss, top1 and top5 (%); top5 only with more than 5 classes (with 5 or fewer it is always 100)."""
         count = torch.tensor([self.count], dtype=torch.float32, device=self.sums.device)
         loss, top1, top5, count = all_reduce_sum(torch.cat([self.sums, count])).tolist()
         loss, top1, top5 = (value / max(count, 1) for value in (loss, top1, top5))
-        return {"loss": loss, "top1": 100 * top1, "top5": 100 * top5}
+        summary = {"loss": loss, "top1": 100 * top1}
+        if self.classes > 5:
+            summary["top5"] = 100 * top5
+        return summary
+
+
+def format_metrics(result: dict[str, float], top1: str = "Prec@1", top5: str = "Prec@5", width: int = 0,
+                   separator: str = "  ") -> str:
+    """'Prec@1 x  Prec@5 y' of a summary, without top-5 where the data has 5 classes or fewer."""
+    shown = f"{top1} {result['top1']:{width}.2f}"
+    if "top5" in result:
+        shown += f"{separator}{top5} {result['top5']:{width}.2f}"
+    return shown
 
 
 @torch.no_grad()

@@ -6,7 +6,9 @@ images must share one size; a folder of grayscale images gives one channel, any 
 image makes the whole set RGB.
 
 Decoding tens of thousands of small files is slow, so the decoded tensors are cached in
-ROOT/.decoded.pt (or, when ROOT is read-only, under ~/.cache/ternary-cnn/). The cache
+ROOT/.decoded.pt (or, when ROOT is read-only, under ~/.cache/ternary-cnn/; main.py's
+--cache_dir DIR puts it in DIR instead, e.g. for data on a slow or shared disk). CIFAR-10's
+cache is about 185 MB. The cache
 holds a fingerprint of every file's relative path, size and modification time; a run
 whose folder fingerprint differs decodes again and replaces the cache. Within one
 process the decoded tensors of the last folder are kept in memory.
@@ -135,9 +137,13 @@ def decode_folder(root: str, listings: dict[str, dict[str, list[os.DirEntry]]]) 
     return result
 
 
-def _cache_paths(root: str) -> list[str]:
-    user_cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ternary-cnn")
+def _cache_paths(root: str, cache_dir: str | None = None) -> list[str]:
+    """Where the cache of `root` may be, in order: `cache_dir` when given, else beside the
+    data and then the user's cache folder."""
     key = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    if cache_dir:
+        return [os.path.join(cache_dir, f"{key}.pt")]
+    user_cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ternary-cnn")
     return [os.path.join(root, CACHE_NAME), os.path.join(user_cache, f"{key}.pt")]
 
 
@@ -151,11 +157,11 @@ def _read_cache(path: str, fingerprint: str) -> dict | None:
     return cache
 
 
-def _write_cache(cache: dict) -> str | None:
+def _write_cache(cache: dict, cache_dir: str | None) -> str | None:
     """Write the cache atomically to the first writable location; None if none is."""
     buffer = io.BytesIO()
     torch.save(cache, buffer)
-    for path in _cache_paths(cache["root"]):
+    for path in _cache_paths(cache["root"], cache_dir):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_bytes(path, buffer.getbuffer())
@@ -165,10 +171,12 @@ def _write_cache(cache: dict) -> str | None:
     return None
 
 
-def load_image_folder(root: str, expected_classes: list[str] | None = None, log=print) -> FolderData:
+def load_image_folder(root: str, expected_classes: list[str] | None = None, log=print,
+                      cache_dir: str | None = None) -> FolderData:
     """Both splits of an image-folder data set as uint8 tensors, from the cache when the
     folder is unchanged. `expected_classes`: the data set's class names in label order;
-    a folder whose classes differ is refused."""
+    a folder whose classes differ is refused. `cache_dir`: where the cache goes (default:
+    beside the data, else the user's cache folder)."""
     test_split = _test_split(root)
     if not os.path.isdir(os.path.join(root, "train")) or test_split is None:
         raise UserError(f"{root} is not an image folder: expected {root}/train/<class>/ and {root}/test/<class>/ "
@@ -189,7 +197,7 @@ def load_image_folder(root: str, expected_classes: list[str] | None = None, log=
     fingerprint = _fingerprint(listings)
     if (os.path.abspath(root), fingerprint) in _LOADED:
         return _LOADED[os.path.abspath(root), fingerprint]
-    for path in _cache_paths(root):
+    for path in _cache_paths(root, cache_dir):
         cache = _read_cache(path, fingerprint) if os.path.isfile(path) else None
         if cache is not None:
             log(f"=> decoded images from cache {path}")
@@ -199,7 +207,7 @@ def load_image_folder(root: str, expected_classes: list[str] | None = None, log=
         log(f"=> decoding {count} images under {root} (once; cached for later runs)")
         cache = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "root": root, "classes": classes,
                  **decode_folder(root, listings)}
-        written = _write_cache(cache)
+        written = _write_cache(cache, cache_dir)
         log(f"=> cached decoded images in {written}" if written else "=> no writable cache location; not cached")
     data = FolderData(cache["classes"], cache["x_train"], cache["y_train"], cache["x_test"], cache["y_test"],
                       tuple(cache["mean"]), tuple(cache["std"]))

@@ -102,14 +102,17 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
+    marker = "o" if len(epochs) < 30 else None  # a line needs two points: short runs show each epoch as a dot
     fig, acc_axis = plt.subplots(figsize=(8, 5))
     loss_axis = acc_axis.twinx()
-    acc_axis.plot(epochs, [r["train_top1"] for r in history], "g-", label="train top-1")
-    acc_axis.plot(epochs, [r["val_top1"] for r in history], "y-", label="val top-1")
-    loss_axis.plot(epochs, [r["train_loss"] for r in history], "g:", label="train loss")
-    loss_axis.plot(epochs, [r["val_loss"] for r in history], "y:", label="val loss")
+    acc_axis.plot(epochs, [r["train_top1"] for r in history], "g-", marker=marker, label="train top-1")
+    acc_axis.plot(epochs, [r["val_top1"] for r in history], "y-", marker=marker, label="val top-1")
+    loss_axis.plot(epochs, [r["train_loss"] for r in history], "g:", marker=marker, label="train loss")
+    loss_axis.plot(epochs, [r["val_loss"] for r in history], "y:", marker=marker, label="val loss")
     acc_axis.set_xlabel("epoch")
-    acc_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc_axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if epochs:
+        acc_axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs only, even for a 1-epoch run
     acc_axis.set_ylabel("accuracy (%)")
     loss_axis.set_yscale("log")
     loss_axis.set_ylabel("loss (log scale)")

@@ -14,6 +14,7 @@ Every record has all of these keys (null where a mode has no value):
                     the model's statistics (from utils.compression)
     top1, top5, loss
                     the last test measurement: the final epoch's, or the evaluation's
+                    (top5 null with 5 classes or fewer, where it is always 100)
     epochs, epochs_done, best_top1, best_top5, best_epoch, final_top1, final_top5, history
                     training only: the schedule's length, the finished epochs, the best and
                     the last epoch, and one record per epoch
@@ -50,7 +51,7 @@ def run_record(*, mode: str, status: str, arch: str | None, dataset: str, args: 
     best = max(history, key=lambda r: r["val_top1"]) if history else {}
     final = history[-1] if history else {}
     if training and final:
-        test = {"top1": final["val_top1"], "top5": final["val_top5"], "loss": final["val_loss"]}
+        test = {"top1": final["val_top1"], "top5": final.get("val_top5"), "loss": final["val_loss"]}
     test = test or {}
     return {
         "mode": mode, "status": status, "error": error, "arch": arch, "dataset": dataset,

@@ -161,7 +161,8 @@ def claim_run_folder(path: str, mode: str, resuming: bool = False, overwrite: bo
             if holds_training_run(path):
                 raise UserError(f"{path} holds a training run, which an evaluation never writes into; give the "
                                 "evaluation its own --save_path (or none, for a folder of its own)")
-            if read_record(path) is not None and not overwrite:
+            record = read_record(path)
+            if record is not None and record.get("mode", "evaluate") == "evaluate" and not overwrite:
                 raise UserError(f"{path} already holds an evaluation (results.json); choose another --save_path "
                                 "or pass --overwrite to replace it")
             notes = []

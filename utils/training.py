@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .compression import compression_report, format_report
 from .distributed import DistributedContext, all_reduce_max, is_peer_failure, peer_failure
 from .errors import UserError
-from .evaluation import Metrics, evaluate
+from .evaluation import Metrics, evaluate, format_metrics
 from .files import write_json
 from .hardware import Precision, unwrap
 from .logging import TensorBoardLog, plot_curves
@@ -229,8 +229,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: Tr
                       **{f"train_{k}": v for k, v in train_metrics.items()}, **{f"val_{k}": v for k, v in val.items()}}
             history.append(record)
             logger.info(f"epoch {epoch + 1:3d}/{config.epochs}  lr {lr:.2e}  train loss {train_metrics['loss']:.4f} "
-                        f"top1 {train_metrics['top1']:6.2f} | val loss {val['loss']:.4f} top1 {val['top1']:6.2f} "
-                        f"top5 {val['top5']:6.2f} | best {best[0]:6.2f} | {record['time_s']:.1f}s")
+                        f"top1 {train_metrics['top1']:6.2f} | val loss {val['loss']:.4f} "
+                        f"{format_metrics(val, 'top1', 'top5', 6, ' ')} | best {best[0]:6.2f} | "
+                        f"{record['time_s']:.1f}s")
             if context.is_main:
                 save_epoch(config, unwrap(model), optimizer, scheduler, history, best, is_best, started,
                            context.world_size)
