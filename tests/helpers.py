@@ -1,10 +1,11 @@
 """What several test files share: running main.py in-process, reading a run's record,
-writing IDX (MNIST-format) files."""
+writing IDX (MNIST-format) files and image folders."""
 import gzip
 import json
 import os
 
 import numpy as np
+from PIL import Image
 
 import main
 
@@ -46,3 +47,19 @@ def write_mnist(folder, n_train=600, n_test=100, labels_train=None, images_train
     write_idx(f"{folder}/train-labels-idx1-ubyte", rng.integers(0, 10, n_train) if labels_train is None else labels_train)
     write_idx(f"{folder}/t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)))
     write_idx(f"{folder}/t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test))
+
+
+def write_folder(root, classes, per_class=(3, 2), size=(8, 8), mode="RGB", ext="png", seed=0, split_names=("train", "test")):
+    """Random images in root/<split>/<class>/NNNN.ext; returns {split: [(pixels HWC or HW, label)]} in file order."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, count in zip(split_names, per_class):
+        written[split] = []
+        for label, name in enumerate(sorted(classes)):
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+                pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(pixels, mode).save(os.path.join(root, split, name, f"{i:04d}.{ext}"))
+                written[split].append((pixels, label))
+    return written

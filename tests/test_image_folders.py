@@ -15,23 +15,7 @@ from utils import image_folders
 from utils.image_folders import CACHE_NAME, load_image_folder
 
 from conftest import extract_cifar_slice, needs_cifar_jpeg
-
-
-
-def write_folder(root, classes, per_class=(3, 2), size=(8, 8), mode="RGB", ext="png", seed=0, split_names=("train", "test")):
-    """Random images in root/<split>/<class>/NNNN.ext; returns {split: [(pixels HWC or HW, label)]} in file order."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split, count in zip(split_names, per_class):
-        written[split] = []
-        for label, name in enumerate(sorted(classes)):
-            os.makedirs(os.path.join(root, split, name), exist_ok=True)
-            for i in range(count):
-                shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-                pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-                Image.fromarray(pixels, mode).save(os.path.join(root, split, name, f"{i:04d}.{ext}"))
-                written[split].append((pixels, label))
-    return written
+from helpers import write_folder
 
 
 def quiet(_message):

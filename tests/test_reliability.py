@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import main
-from helpers import QUICK, ROOT, results, run_main, write_idx, write_mnist
+from helpers import QUICK, ROOT, results, run_main, write_folder, write_idx, write_mnist
 from utils import run_folder as run_folder_module
 from utils import training as training_module
 from utils.errors import UserError
@@ -225,19 +225,10 @@ def test_13_tiny_idx_images_are_refused(tmp_path, capsys):
     assert code == 2 and "28×28" in err, err
 
 
-def write_folder(root, classes=("a", "b"), per_class=3):
-    from PIL import Image
-    for split in ("train", "test"):
-        for name in classes:
-            os.makedirs(root / split / name, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(np.full((8, 8), 40 * i + 20, np.uint8)).save(root / split / name / f"{i}.png")
-
-
 @pytest.mark.parametrize("loop", ["train/loop", "train/a/loop.png"])
 def test_14_a_symlink_loop_in_an_image_folder_is_one_line(tmp_path, capsys, loop):
     root = tmp_path / "images"
-    write_folder(root)
+    write_folder(root, ["a", "b"])
     os.symlink(root / loop, root / loop)
     code, err = run_main(["--dataset", "folder", "--data_path", str(root), "--save_path", str(tmp_path / "run"),
                           *QUICK], capsys)
@@ -331,7 +322,7 @@ def test_18_19_flags_that_leave_nothing_to_do_are_refused(tmp_path, capsys):
 
 def test_20_a_one_class_folder_is_refused(tmp_path, capsys):
     root = tmp_path / "images"
-    write_folder(root, classes=("only",))
+    write_folder(root, ["only"])
     code, err = run_main(["--dataset", "folder", "--data_path", str(root), "--save_path", str(tmp_path / "run"),
                           *QUICK], capsys)
     assert code == 2 and "one class" in err, err

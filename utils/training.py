@@ -235,8 +235,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: Tr
             if context.is_main:
                 save_epoch(config, unwrap(model), optimizer, scheduler, history, best, is_best, started,
                            context.world_size)
-                tensorboard.epoch(epoch, record, unwrap(model))
             saved = len(history)
+            if context.is_main:
+                tensorboard.epoch(epoch, record, unwrap(model))
     except (Interrupted, UserError, KeyboardInterrupt, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and not (context.enabled and is_peer_failure(exc)):
             raise
