@@ -285,7 +285,7 @@ def update_document(path: str, name: str, table: str) -> bool:
 
 def plot_runs(runs: list[Run], path: str) -> None:
     """One row per data set: validation top-1 and training loss per epoch of every run with
-    a history; one colour per configuration, one line style per seed."""
+    a history; one colour per configuration, one line style per schedule length and seed."""
     runs = [run for run in runs if run.history and run.mode == "train"]
     datasets = sorted({run.dataset for run in runs}) or ["(no runs with a history)"]
     fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 4 * len(datasets)), squeeze=False)
@@ -294,13 +294,14 @@ def plot_runs(runs: list[Run], path: str) -> None:
     for (top1_axis, loss_axis), dataset in zip(axes, datasets):
         group = [run for run in runs if run.dataset == dataset]
         configs = sorted({run.config for run in group})
-        seeds = sorted({run.seed for run in group}, key=str)
+        draws = sorted({(run.epochs or 0, str(run.seed)) for run in group})  # schedule length and seed
         for run in group:
             epochs = [record["epoch"] for record in run.history]
             style = dict(color=colours[configs.index(run.config) % len(colours)],
                          marker="o" if len(epochs) < 30 else None,  # a run of one or two epochs shows as points
-                         linestyle=styles[seeds.index(run.seed) % len(styles)],
-                         label=f"{run.config} seed {run.seed}" + ("" if run.status == "complete" else " (partial)"))
+                         linestyle=styles[draws.index((run.epochs or 0, str(run.seed))) % len(styles)],
+                         label=f"{run.config}, {run.epochs} epochs, seed {run.seed}"
+                               + ("" if run.status == "complete" else " (partial)"))
             top1_axis.plot(epochs, [record["val_top1"] for record in run.history], **style)
             loss_axis.plot(epochs, [record["train_loss"] for record in run.history], **style)
         top1_axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title=f"{dataset}: validation accuracy")
