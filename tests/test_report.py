@@ -184,13 +184,17 @@ def test_paper_table_pairs_seeds_and_lists_depths_without_runs(tmp_path):
         write_run(tmp_path / f"tern{seed}", "tern_resnet20", seed, tern, epochs=40)
     write_run(tmp_path / "fp200", "resnet20", 5000, 91.0, epochs=200)
     write_run(tmp_path / "partial", "tern_resnet20", 5000, 50.0, epochs=200, done=3, status="running")
+    write_run(tmp_path / "fp32", "resnet32", 5000, 90.0, epochs=40)
+    write_run(tmp_path / "fp32b", "resnet32", 5001, 90.4, epochs=40)
+    write_run(tmp_path / "tern32", "tern_resnet32", 5000, 89.0, epochs=40)
     table = report.paper_table(report.find_runs([str(tmp_path)])).splitlines()
     assert len(table) == 2 + 2 + 3  # header, ResNet-20 at 40 and 200 epochs, one row per other depth
     r20_40, r20_200 = table[2].split(" | "), table[3].split(" | ")
     assert r20_40[1:6] == ["40", "3", "86.50 ± 0.50", "85.67 ± 0.76", "-0.83 ± 0.76"]  # gaps -1.0, -1.5, 0.0
     assert r20_40[6] == "91.70 / 91.65 / -0.05"
-    assert r20_200[1:6] == ["200", "1", "91.00", "—", "—"]  # the partial ternarized run is not a result
-    assert table[4].startswith("| ResNet-32 | 40 | not run | — | — | — | 92.36 / 92.48 / +0.12")
+    assert r20_200[1:6] == ["200", "1 / 0", "91.00", "—", "—"]  # the partial ternarized run is not a result
+    assert table[4].split(" | ")[1:6] == ["40", "2 / 1", "90.20 ± 0.28", "89.00", "-1.00"]  # seeds per column
+    assert table[5].startswith("| ResNet-44 | 40 | not run | — | — | — | 92.47 / 92.71 / +0.24")
 
 
 def test_readme_block_is_replaced_in_place(tmp_path):

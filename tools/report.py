@@ -228,6 +228,14 @@ def _paired_gaps(fp: list[Run], tern: list[Run]) -> list[float]:
     return [run.best_top1 - fp_by_seed[run.seed] for run in tern if run.seed in fp_by_seed]
 
 
+def _seed_counts(fp: list[Run], tern: list[Run]) -> str:
+    """How many seeds each column averages: '3', or '3 / 1' (FP / ternarized) when they differ."""
+    counts = len({run.seed for run in fp}), len({run.seed for run in tern})
+    if not any(counts):
+        return "not run"
+    return str(counts[0]) if counts[0] == counts[1] else f"{counts[0]} / {counts[1]}"
+
+
 def _train_minutes(runs: list[Run]) -> str:
     minutes = [sum(record.get("time_s", 0.0) for record in run.history) / 60 for run in runs if run.history]
     return f"{statistics.mean(minutes):.0f}" if minutes else "—"
@@ -240,7 +248,7 @@ def paper_table(runs: list[Run], dataset: str = "cifar10", depths: tuple[int, ..
     (mean ± std of the per-seed differences) and the authors' numbers. A depth with no
     finished run gets one row at `default_epochs` saying so."""
     complete = [run for run in runs if run.status == "complete" and run.dataset == dataset and run.best_top1 is not None]
-    lines = ["| model | epochs | seeds | full precision top-1 % | ternarized top-1 % | gap (points) | "
+    lines = ["| model | epochs | seeds (FP / tern if unequal) | full precision top-1 % | ternarized top-1 % | gap (points) | "
              "paper FP / ternarized / gap (200 epochs) | precision | training minutes / run (FP, tern) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for depth in depths:
@@ -252,11 +260,11 @@ def paper_table(runs: list[Run], dataset: str = "cifar10", depths: tuple[int, ..
             fp = [run for run in pair if run.config == fp_config and run.epochs == epochs]
             tern = [run for run in pair if run.config == tern_config and run.epochs == epochs]
             gaps = _paired_gaps(fp, tern)
-            seeds = sorted({run.seed for run in fp + tern}, key=str)
+            seeds = _seed_counts(fp, tern)
             precision = "/".join(sorted({run.precision for run in fp + tern})) or "—"
             gap = "—" if not gaps else (f"{gaps[0]:+.2f}" if len(gaps) == 1 else
                                         f"{statistics.mean(gaps):+.2f} ± {statistics.stdev(gaps):.2f}")
-            lines.append(f"| ResNet-{depth} | {epochs} | {len(seeds) or 'not run'} | "
+            lines.append(f"| ResNet-{depth} | {epochs} | {seeds} | "
                          f"{_mean_std([r.best_top1 for r in fp])} | {_mean_std([r.best_top1 for r in tern])} | {gap} | "
                          f"{paper} | {precision} | {_train_minutes(fp)}, {_train_minutes(tern)} |")
     return "\n".join(lines)
