@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "minimise its reconstruction error, re-optimised at --threshold_every")
     model.add_argument("--threshold_every", type=int, default=0, metavar="N",
                        help="with --tfactors auto: re-optimise every N training steps (0: at every epoch start)")
+    model.add_argument("--quantizer", choices=models.QUANTIZERS, default="paper",
+                       help="weight ternarizer of the ternarized layers: paper (Δ = 0.05·max|W|, α = mean|W| above Δ), "
+                            "twn (Δ = 0.7·mean|W|, Li & Liu 2016) or ttq (Δ = t·max|W| with two trained scales per "
+                            "layer, Zhu et al. 2017; --tfactors T sets t); twn and ttq have no REL (--tex 1)")
     model.add_argument("--first_last", choices=["tern", "fp"], default=None,
                        help="ternarize the first conv and last linear layer (tern) or keep them full precision (fp)")
     model.add_argument("--pretrained", default=None, metavar="PATH",
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--gammas", type=float, nargs="+", default=None, help="lr factor at each --schedule epoch")
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--save_path", default=None,
-                     help="output folder (default: save/DATASET_ARCH[_texK][_tT|_tauto][_firstlastfp|tern]_seedS)")
+                     help="output folder (default: save/DATASET_ARCH[_texK][_tT|_tauto][_qtwn|_qttq][_firstlastfp|tern]_seedS)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run already in --save_path (otherwise refused)")
     run.add_argument("--resume", default=None, metavar="PATH", help="checkpoint to resume training or to evaluate")
@@ -218,6 +222,25 @@ def validate_model_flags(args: argparse.Namespace) -> None:
     if args.auto_thresholds and factors is None:
         raise UserError(f"--tfactors auto needs a ternarized arch; {args.arch} is full precision "
                         f"(use tern_{args.arch} if it exists, or add --tex)")
+    validate_quantizer(args, factors)
+
+
+def validate_quantizer(args: argparse.Namespace, factors: tuple[float, ...] | None) -> None:
+    """--quantizer twn / ttq: a ternarized arch, one branch; TWN has no threshold factor
+    (Δ = 0.7·mean|W|); optimised thresholds are the paper's quantizer's."""
+    if args.quantizer == "paper":
+        return
+    if factors is None:
+        raise UserError(f"--quantizer {args.quantizer} needs a ternarized arch; {args.arch} is full precision "
+                        f"(use tern_{args.arch} if it exists)")
+    if args.auto_thresholds:
+        raise UserError(f"--tfactors auto optimises the paper's quantizer; drop it for --quantizer {args.quantizer}")
+    if args.quantizer == "twn" and args.tfactors is not None:
+        raise UserError("--quantizer twn sets its threshold itself (Δ = 0.7·mean|W|); drop --tfactors")
+    try:
+        models.check_quantizer(args.quantizer, len(factors))
+    except ValueError as exc:
+        raise UserError(f"{exc}; drop --tex / give one --tfactors value") from None
 
 
 def recorded_args(args: argparse.Namespace) -> dict:
@@ -282,6 +305,8 @@ def default_save_path(args: argparse.Namespace) -> str:
         parts.append("tauto")
     elif args.tfactors:
         parts.append("t" + "-".join(f"{t:g}" for t in args.tfactors))
+    if args.quantizer != "paper":
+        parts.append(f"q{args.quantizer}")
     if args.first_last:
         parts.append(f"firstlast{args.first_last}")
     parts.append(f"seed{args.manualSeed}")
@@ -309,14 +334,16 @@ def default_evaluation_path(args: argparse.Namespace) -> str:
 
 # Resume rules: which settings a continued run takes from its checkpoint.
 # Flags that define the experiment; the dest of `auto_thresholds` is set by --tfactors.
-RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "threshold_every", "first_last",
+RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "threshold_every", "quantizer", "first_last",
                 "optimizer", "learning_rate", "momentum", "decay", "batch_size", "schedule", "gammas", "manualSeed",
                 "subset")
 _FLAG_OF = {"auto_thresholds": "tfactors"}
 # Flags a resumed run takes from the checkpoint when not given, and may change.
 CARRIED_OVER = ("data_path", "cache_dir", "amp", "amp_dtype", "channels_last", "model_only", "print_freq", "workers")
 # Flags that define the network: what an evaluation, export or fine-tuning of a checkpoint takes from it.
-MODEL_DEFINING = ("arch", "tex", "tfactors", "auto_thresholds", "first_last")
+MODEL_DEFINING = ("arch", "tex", "tfactors", "auto_thresholds", "quantizer", "first_last")
+# What a checkpoint written before a flag existed ran with.
+PRE_FLAG_DEFAULTS = {"quantizer": "paper"}
 
 
 def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
@@ -327,6 +354,7 @@ def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Calla
     saved = checkpoint.get("args")
     if not isinstance(saved, dict):
         return
+    saved = {**PRE_FLAG_DEFAULTS, **saved}
     explicit = set(args.explicit)
     for key in RUN_DEFINING:
         if key not in saved:
@@ -363,6 +391,7 @@ def adopt_model_args(args: argparse.Namespace, checkpoint: dict) -> None:
     saved = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
     arch = checkpoint.get("arch") or saved.get("arch")
     if isinstance(arch, str) and arch in models.ARCHS:
+        saved = {**PRE_FLAG_DEFAULTS, **saved}
         args.arch = arch
         for key in MODEL_DEFINING[1:]:
             if key in saved and _FLAG_OF.get(key, key) not in args.explicit:
@@ -441,7 +470,7 @@ def start_logging(args: argparse.Namespace, device: torch.device, context: Distr
 
 def model_choice(args: argparse.Namespace) -> ModelChoice:
     return ModelChoice(args.arch, args.tex, tuple(args.tfactors) if args.tfactors else None, args.first_last,
-                       args.auto_thresholds)
+                       args.auto_thresholds, args.quantizer)
 
 
 def precision(args: argparse.Namespace) -> Precision:

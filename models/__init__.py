@@ -11,12 +11,13 @@ import torch.nn as nn
 from .alexnet import alexnet_bn
 from .resnet_cifar import cifar_resnet
 from .resnet_imagenet import imagenet_resnet
-from .ternary import (TernConv2d, TernLinear, as_tfactors, inference_twin, layer_bias_copies, layer_stats, layer_tfactors,
+from .ternary import (QUANTIZERS, TernConv2d, TernLinear, as_tfactors, check_quantizer, inference_twin, layer_bias_copies, layer_stats, layer_tfactors,
                       model_sparsity, optimize_model_thresholds, optimize_thresholds, paper_tfactors,
                       reconstruction_error, set_layer_bias_copies, set_layer_tfactors, ternarize, ternarize_model,
                       ternary_layers, use_reference_rel_bias)
 
-__all__ = ["ArchSpec", "ARCHS", "get_model", "list_archs", "TernConv2d", "TernLinear", "ternarize",
+__all__ = ["ArchSpec", "ARCHS", "QUANTIZERS", "check_quantizer", "get_model", "list_archs", "TernConv2d", "TernLinear",
+           "ternarize",
            "ternarize_model", "ternary_layers", "layer_stats", "model_sparsity", "paper_tfactors",
            "optimize_thresholds", "optimize_model_thresholds", "reconstruction_error", "layer_tfactors",
            "set_layer_tfactors", "layer_bias_copies", "set_layer_bias_copies", "use_reference_rel_bias", "inference_twin"]
@@ -92,17 +93,23 @@ def _spec(arch: str) -> ArchSpec:
 
 
 def get_model(arch: str, num_classes: int | None = None, in_channels: int = 3, *, tex: int | None = None,
-              tfactors: Sequence[float] | None = None, first_last: bool | None = None) -> nn.Module:
+              tfactors: Sequence[float] | None = None, first_last: bool | None = None,
+              quantizer: str = "paper") -> nn.Module:
     """Build a registered arch. `tex`, `tfactors` and `first_last` override the arch's
-    ternarization (tex=k uses the paper's factors 0.05·1..k)."""
+    ternarization (tex=k uses the paper's factors 0.05·1..k); `quantizer` picks the
+    ternarizer of its ternarized layers ("paper", "twn" or "ttq")."""
     spec = _spec(arch)
     factors, keep_first_last_ternary = resolve_tfactors(arch, tex, tfactors, first_last)
+    if factors is None and quantizer != "paper":
+        raise ValueError(f"{arch} is full precision: the {quantizer} quantizer needs a ternarized arch")
+    if factors is not None:
+        check_quantizer(quantizer, len(factors))
     num_classes = num_classes or DEFAULT_NUM_CLASSES[spec.family]
     model = spec.builder(num_classes=num_classes, in_channels=in_channels)
     if factors is not None:
-        ternarize_model(model, factors, first_last=keep_first_last_ternary)
+        ternarize_model(model, factors, first_last=keep_first_last_ternary, quantizer=quantizer)
     # What rebuilds this exact network (used by utils.export to write self-contained files).
     model.build_config = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels,
                           "tfactors": list(factors) if factors is not None else None,
-                          "first_last": keep_first_last_ternary}
+                          "first_last": keep_first_last_ternary, "quantizer": quantizer}
     return model

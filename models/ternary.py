@@ -11,6 +11,18 @@ Backward is a straight-through estimator: dL/dW = dL/dT · [|W| < 1]; Δ and α 
 no gradient. A residual expansion layer (REL) with factors t_1 < … < t_tex computes
 y = Σ_k op(x, T_k(W)); since op is linear in the weight this is op(x, Σ_k T_k(W)),
 so it is evaluated as one convolution / matmul with the summed ("effective") weight.
+
+Two peer ternarizers can replace the paper's in any ternarized layer (`quantizer`):
+
+    "twn" (Li & Liu 2016):  Δ = 0.7 · mean|W|,  α = mean{ |W_i| : |W_i| > Δ },
+                            T(W) = α · sign(W) · [|W| > Δ],  dL/dW = dL/dT (unclipped)
+    "ttq" (Zhu et al. 2017): Δ = t · max|W|,  T(W) = W_p·[W > Δ] − W_n·[W < −Δ] with two
+                            trained scales W_p, W_n > 0 per layer (Parameters, initialised
+                            to 1): dL/dW_p = Σ_{W > Δ} dL/dT,  dL/dW_n = −Σ_{W < −Δ} dL/dT,
+                            dL/dW = dL/dT · (W_p, 1, W_n) on (W > Δ, |W| ≤ Δ, W < −Δ)
+
+Both have one branch (no REL). TTQ's paper writes +Σ for dL/dW_n, the gradient of the
+signed scale −W_n; the sign here is that of the positive magnitude W_n the layer stores.
 """
 from __future__ import annotations
 
@@ -23,6 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PAPER_TFACTOR = 0.05
+QUANTIZERS = ("paper", "twn", "ttq")
+TWN_THRESHOLD = 0.7  # TWN's Δ as a multiple of mean|W| (their approximation of the optimum)
+TTQ_SCALES = ("positive_scale", "negative_scale")  # the names of TTQ's trained W_p and W_n
 
 TFactors = tuple[float, ...]
 
@@ -99,48 +114,179 @@ def ternarize(weight: torch.Tensor, tfactor: float | Sequence[float] = PAPER_TFA
     return _TernarizeSTE.apply(weight, as_tfactors(tfactor))
 
 
+def twn_branch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWN's (α, mask): mask = [|W| > 0.7·mean|W|], α = mean |W| over the mask (fp32 statistics)."""
+    magnitude = weight.detach().float().abs()
+    mean_magnitude = magnitude.mean() if magnitude.numel() else magnitude.new_zeros(())
+    mask = magnitude > TWN_THRESHOLD * mean_magnitude
+    alpha = (magnitude * mask).sum() / mask.sum(dtype=torch.float32).clamp_min(1.0)
+    return alpha, mask
+
+
+def twn_weight(weight: torch.Tensor) -> torch.Tensor:
+    """TWN's T(W) = α·sign(W)·[|W| > Δ], without autograd, in the weight's dtype."""
+    alpha, mask = twn_branch(weight)
+    return (alpha * mask).copysign(weight.detach()).to(weight.dtype)
+
+
+class _TWNSTE(torch.autograd.Function):
+    """TWN's ternary weight with a plain straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
+        return twn_weight(weight)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        return grad_output
+
+
+def ttq_masks(weight: torch.Tensor, tfactor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TTQ's regions: ([W > Δ], [W < −Δ]) with Δ = tfactor·max|W| (compared in fp32)."""
+    latent = weight.detach().float()
+    max_magnitude = latent.abs().amax() if latent.numel() else latent.new_zeros(())
+    threshold = max_magnitude * tfactor
+    return latent > threshold, latent < -threshold
+
+
+def ttq_weight(weight: torch.Tensor, positive_scale: torch.Tensor, negative_scale: torch.Tensor,
+               tfactor: float) -> torch.Tensor:
+    """TTQ's T(W) = W_p·[W > Δ] − W_n·[W < −Δ], without autograd, in the weight's dtype."""
+    positive, negative = ttq_masks(weight, tfactor)
+    levels = positive_scale.detach().float() * positive - negative_scale.detach().float() * negative
+    return levels.to(weight.dtype)
+
+
+class _TTQFunction(torch.autograd.Function):
+    """TTQ's ternary weight with its gradients for the latent weight and both scales."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, positive_scale: torch.Tensor, negative_scale: torch.Tensor,
+                tfactor: float) -> torch.Tensor:
+        ctx.save_for_backward(weight, positive_scale, negative_scale)
+        ctx.tfactor = tfactor
+        return ttq_weight(weight, positive_scale, negative_scale, tfactor)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        weight, positive_scale, negative_scale = ctx.saved_tensors
+        positive, negative = ttq_masks(weight, ctx.tfactor)
+        grad = grad_output.float()
+        factor = torch.where(positive, positive_scale.detach().float(),
+                             torch.where(negative, negative_scale.detach().float(), 1.0))
+        grad_weight = (grad * factor).to(weight.dtype)
+        grad_positive = (grad * positive).sum().to(positive_scale.dtype)
+        grad_negative = -(grad * negative).sum().to(negative_scale.dtype)
+        return grad_weight, grad_positive, grad_negative, None
+
+
+def check_quantizer(quantizer: str, tex: int) -> None:
+    """ValueError unless `quantizer` is known and, for TWN and TTQ, has one branch (no REL)."""
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer '{quantizer}'; valid quantizers: {', '.join(QUANTIZERS)}")
+    if quantizer != "paper" and tex != 1:
+        raise ValueError(f"the {quantizer} quantizer has no residual expansion (t_ex = {tex}); REL is the paper's "
+                         "quantizer only")
+
+
 class TernaryLayerMixin:
     """Shared behaviour of TernConv2d and TernLinear: the latent weight stays a normal
-    Parameter (same state_dict keys as nn.Conv2d / nn.Linear); forward uses its ternary
-    effective weight. When no gradient w.r.t. the weight is needed (eval under no_grad),
-    the effective weight is cached and recomputed only when the latent weight changes
-    (an optimiser step or load_state_dict bumps the tensor's version counter)."""
+    Parameter (same state_dict keys as nn.Conv2d / nn.Linear, plus TTQ's two scales);
+    forward uses its ternary effective weight. When no gradient is needed (eval under
+    no_grad), the effective weight is cached and recomputed only when the latent weight
+    or a scale changes (an optimiser step or load_state_dict bumps the tensor's version
+    counter)."""
 
     weight: nn.Parameter
     tfactors: TFactors
+    quantizer: str
 
-    def _init_ternary(self, tfactors: float | Sequence[float]) -> None:
-        self.tfactors = as_tfactors(tfactors)
+    def _init_ternary(self, tfactors: float | Sequence[float], quantizer: str = "paper") -> None:
         self.bias_copies = 1  # t_ex for checkpoints of the reference, whose REL adds the bias per branch
         self._cache_key: tuple | None = None
         self._cached_weight: torch.Tensor | None = None
+        self.quantizer = "paper"
+        self.configure(tfactors, quantizer)
 
     @property
     def tex(self) -> int:
         return len(self.tfactors)
 
-    def set_tfactors(self, tfactors: float | Sequence[float]) -> None:
-        self.tfactors = as_tfactors(tfactors)
+    @property
+    def scale_count(self) -> int:
+        """Distinct scales of the effective weight: t_ex (one α per branch), 2 for TTQ (W_p, W_n)."""
+        return 2 if self.quantizer == "ttq" else self.tex
+
+    def configure(self, tfactors: float | Sequence[float], quantizer: str) -> None:
+        """Set the threshold factors and the ternarizer. A layer that becomes TTQ gets
+        its scales W_p = W_n = 1 (as TTQ's own code starts them); one that stays TTQ keeps
+        its trained scales; one that leaves TTQ drops them."""
+        factors = as_tfactors(tfactors)
+        check_quantizer(quantizer, len(factors))
+        self.tfactors, self.quantizer = factors, quantizer
         self._cache_key = None
+        for name in TTQ_SCALES:
+            if quantizer != "ttq":
+                self._parameters.pop(name, None)
+            elif name not in self._parameters:
+                self.register_parameter(name, nn.Parameter(torch.ones((), device=self.weight.device)))
+
+    def set_tfactors(self, tfactors: float | Sequence[float]) -> None:
+        self.configure(tfactors, self.quantizer)
+
+    def set_quantizer(self, quantizer: str) -> None:
+        self.configure(self.tfactors, quantizer)
+
+    def _quantizer_inputs(self) -> list[torch.Tensor]:
+        if self.quantizer == "ttq":
+            return [self.weight, self.positive_scale, self.negative_scale]
+        return [self.weight]
 
     def effective_weight(self) -> torch.Tensor:
-        """Σ_k T_k(W): the weight the layer actually applies (detached)."""
+        """T(W) (Σ_k T_k(W) with REL): the weight the layer actually applies (detached)."""
+        if self.quantizer == "twn":
+            return twn_weight(self.weight)
+        if self.quantizer == "ttq":
+            return ttq_weight(self.weight, self.positive_scale, self.negative_scale, self.tfactors[0])
         return ternary_weight(self.weight, self.tfactors)
+
+    def _differentiable_weight(self) -> torch.Tensor:
+        if self.quantizer == "twn":
+            return _TWNSTE.apply(self.weight)
+        if self.quantizer == "ttq":
+            return _TTQFunction.apply(self.weight, self.positive_scale, self.negative_scale, self.tfactors[0])
+        return _TernarizeSTE.apply(self.weight, self.tfactors)
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight used by forward: differentiable when autograd needs it, cached otherwise
         (inside torch.compile recomputed in the compiled graph instead)."""
-        if torch.is_grad_enabled() and self.weight.requires_grad:
+        inputs = self._quantizer_inputs()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
             self._cache_key = None
             self._cached_weight = None
-            return _TernarizeSTE.apply(self.weight, self.tfactors)
+            return self._differentiable_weight()
         if torch.compiler.is_compiling():  # a guard on the cache key would recompile after every weight update
-            return ternary_weight(self.weight, self.tfactors)
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device, self.tfactors)
+            return self.effective_weight()
+        key = (*((t.data_ptr(), t._version) for t in inputs), self.weight.dtype, self.weight.device,
+               self.tfactors, self.quantizer)
         if key != self._cache_key:
-            self._cached_weight = ternary_weight(self.weight, self.tfactors)
+            self._cached_weight = self.effective_weight()
             self._cache_key = key
         return self._cached_weight
+
+    @torch.no_grad()
+    def ternary_terms(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The effective weight as Σ_j s_j · c_j with int8 codes c_j in {-1, 0, 1} and scalar
+        scales s_j, in the order forward adds them: (sign·[|W| ≥ Δ_k], α_k) per REL branch
+        for the paper's quantizer, (sign·mask, α) for TWN, ([W > Δ], W_p) and (−[W < −Δ], W_n)
+        for TTQ. Exact in float32: what the exports store."""
+        if self.quantizer == "ttq":
+            positive, negative = ttq_masks(self.weight, self.tfactors[0])
+            return [(positive.to(torch.int8), self.positive_scale.detach().float()),
+                    (-negative.to(torch.int8), self.negative_scale.detach().float())]
+        branches = [twn_branch(self.weight)] if self.quantizer == "twn" else ternary_branches(self.weight, self.tfactors)
+        sign = torch.sign(self.weight.detach().float())
+        return [((sign * mask).to(torch.int8), alpha) for alpha, mask in branches]
 
     def applied_bias(self) -> torch.Tensor | None:
         """The bias forward adds: b (this project's REL convention, y = Σ_k T_k(W)·x + b),
@@ -151,15 +297,17 @@ class TernaryLayerMixin:
 
     def extra_repr(self) -> str:
         copies = f", bias_copies={self.bias_copies}" if self.bias_copies != 1 else ""
-        return f"{super().extra_repr()}, tfactors={self.tfactors}{copies}"
+        quantizer = f", quantizer={self.quantizer}" if self.quantizer != "paper" else ""
+        return f"{super().extra_repr()}, tfactors={self.tfactors}{quantizer}{copies}"
 
 
 class TernConv2d(TernaryLayerMixin, nn.Conv2d):
     """nn.Conv2d whose weight is ternarized (REL with t_ex = len(tfactors) branches)."""
 
-    def __init__(self, *args, tfactors: float | Sequence[float] = (PAPER_TFACTOR,), **kwargs) -> None:
+    def __init__(self, *args, tfactors: float | Sequence[float] = (PAPER_TFACTOR,), quantizer: str = "paper",
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_ternary(tfactors)
+        self._init_ternary(tfactors, quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.applied_bias())
@@ -169,9 +317,10 @@ class TernLinear(TernaryLayerMixin, nn.Linear):
     """nn.Linear whose weight is ternarized; the bias is added once, not per REL branch
     (see applied_bias for the reference's REL checkpoints)."""
 
-    def __init__(self, *args, tfactors: float | Sequence[float] = (PAPER_TFACTOR,), **kwargs) -> None:
+    def __init__(self, *args, tfactors: float | Sequence[float] = (PAPER_TFACTOR,), quantizer: str = "paper",
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_ternary(tfactors)
+        self._init_ternary(tfactors, quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.applied_bias())
@@ -190,11 +339,13 @@ def _layer_like(module: nn.Conv2d | nn.Linear, conv_class: type, linear_class: t
     return linear_class(module.in_features, module.out_features, bias=module.bias is not None, device="meta", **extra)
 
 
-def _ternary_twin(module: nn.Conv2d | nn.Linear, tfactors: TFactors) -> TernaryLayer:
-    """A ternarized layer that shares `module`'s Parameter objects (nothing is allocated or re-initialised)."""
+def _ternary_twin(module: nn.Conv2d | nn.Linear, tfactors: TFactors, quantizer: str) -> TernaryLayer:
+    """A ternarized layer that shares `module`'s Parameter objects (nothing is re-initialised;
+    only TTQ's scales are new)."""
     twin = _layer_like(module, TernConv2d, TernLinear, tfactors=tfactors)
     twin.weight = module.weight
     twin.bias = module.bias
+    twin.set_quantizer(quantizer)
     twin.train(module.training)
     return twin
 
@@ -206,26 +357,29 @@ def _first_conv_and_last_linear(model: nn.Module) -> set[str]:
 
 
 def ternarize_model(model: nn.Module, tfactors: float | Sequence[float] = (PAPER_TFACTOR,),
-                    first_last: bool = True) -> nn.Module:
+                    first_last: bool = True, quantizer: str = "paper") -> nn.Module:
     """Swap every nn.Conv2d / nn.Linear of `model` for its ternarized twin, in place.
 
     Parameters are shared, not copied, so a pretrained model becomes its ternarized
     version and an optimiser built before the call keeps working. With
     first_last=False the first conv and the last linear layer (in registration order)
-    stay full precision, the paper's "ff_lf" variants. Already ternarized layers get
-    the new tfactors. Returns the model for chaining.
+    stay full precision, the paper's "ff_lf" variants. `quantizer` picks the ternarizer
+    ("paper", "twn" or "ttq"; see the module docstring; TTQ adds two scale Parameters
+    per layer, so build the optimiser after the call). Already ternarized layers get the
+    new tfactors and quantizer. Returns the model for chaining.
     """
     factors = as_tfactors(tfactors)
+    check_quantizer(quantizer, len(factors))
     keep_full_precision = set() if first_last else _first_conv_and_last_linear(model)
     for name, module in list(model.named_modules()):
         if name in keep_full_precision:
             continue
         if isinstance(module, TernaryLayerMixin):
-            module.set_tfactors(factors)
+            module.configure(factors, quantizer)
         elif type(module) in (nn.Conv2d, nn.Linear):
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child_name, _ternary_twin(module, factors))
+            setattr(parent, child_name, _ternary_twin(module, factors, quantizer))
     return model
 
 
@@ -238,16 +392,16 @@ def ternary_layers(model: nn.Module) -> Iterator[tuple[str, TernaryLayer]]:
 
 @torch.no_grad()
 def layer_stats(layer: TernaryLayer) -> dict:
-    """Sparsity (fraction of zero weights), α of each REL branch and the number of
-    distinct values of the effective weight (at most 2·t_ex + 1)."""
+    """Sparsity (fraction of zero weights), the scales (α of each REL branch; [W_p, W_n]
+    for TTQ) and the number of distinct values of the effective weight (at most 2·t_ex + 1)."""
     weight = layer.quantized_weight()  # under no_grad: the eval cache when the weight is unchanged
-    alphas = [float(alpha) for alpha, _ in ternary_branches(layer.weight, layer.tfactors)]
     return {
         "params": weight.numel(),
         "sparsity": float((weight == 0).float().mean()) if weight.numel() else 0.0,
-        "alphas": alphas,
+        "alphas": [float(scale) for _, scale in layer.ternary_terms()],
         "levels": int(torch.unique(weight).numel()),
         "tfactors": list(layer.tfactors),
+        "quantizer": layer.quantizer,
     }
 
 
@@ -414,9 +568,12 @@ def optimized_tfactors(weight: torch.Tensor, t_ex: int) -> TFactors | None:
 @torch.no_grad()
 def optimize_model_thresholds(model: nn.Module) -> dict[str, TFactors]:
     """Re-optimise the thresholds of every ternarized layer from its current weight
-    (same t_ex); returns {layer name: new factors}. All-zero layers keep theirs."""
+    (same t_ex); returns {layer name: new factors}. All-zero layers keep theirs. The
+    objective is the paper's quantizer's, so TWN and TTQ layers are refused."""
     chosen = {}
     for name, layer in ternary_layers(model):
+        if layer.quantizer != "paper":
+            raise ValueError(f"optimised thresholds are for the paper's quantizer; {name} uses {layer.quantizer}")
         factors = optimized_tfactors(layer.weight, layer.tex)
         if factors is not None:
             layer.set_tfactors(factors)

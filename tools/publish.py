@@ -38,16 +38,18 @@ from .report import update_document
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = ("results.json", "log.txt", "curve.png")
 # The flags of main.py that define a training run, in the order the training command gives them.
-TRAINING_FLAGS = ("dataset", "arch", "tex", "tfactors", "first_last", "epochs", "optimizer", "learning_rate",
+TRAINING_FLAGS = ("dataset", "arch", "tex", "tfactors", "quantizer", "first_last", "epochs", "optimizer", "learning_rate",
                   "momentum", "decay", "batch_size", "schedule", "gammas", "manualSeed")
 
 
 def variant_of(record: dict) -> str:
-    """The train scripts' variant name of a run: fp, tern, rel2, ..., with _auto and _fflf."""
+    """The train scripts' variant name of a run: fp, tern, rel2, twn, ttq, ..., with _auto and _fflf."""
     args = record["args"]
     if not record.get("ternary_layers"):
         return "fp"
     name = f"rel{args['tex']}" if (args.get("tex") or 1) > 1 else "tern"
+    if args.get("quantizer", "paper") != "paper":
+        name = args["quantizer"]
     if args.get("auto_thresholds"):
         name += "_auto"
     if args.get("first_last") == "fp":
@@ -69,6 +71,8 @@ def training_command(args: dict, data_path: str) -> str:
     parts = ["python main.py"]
     for key in TRAINING_FLAGS:
         value = "auto" if key == "tfactors" and args.get("auto_thresholds") else args.get(key)
+        if key == "quantizer" and value == "paper":  # the default, and absent from older records
+            continue
         if value is not None and value != []:  # no lr steps (a run too short for one): no --schedule
             parts.append(f"--{key} {_flag_value(value)}")
         if key == "dataset":
@@ -120,7 +124,7 @@ def ship_model(run_dir: str, record: dict, target_stem: str, data_path: str) -> 
         export_model(loaded.model, path, (info.in_channels, info.image_size, info.image_size))
     else:
         path = target_stem + ".pth"
-        model_args = {key: record["args"].get(key) for key in ("arch", "tex", "tfactors", "first_last")}
+        model_args = {key: record["args"].get(key) for key in ("arch", "tex", "tfactors", "first_last", "quantizer")}
         save_checkpoint({"state_dict": loaded.model.state_dict(), "arch": record["arch"], "args": model_args,
                          "tfactors": {}, "bias_copies": {}}, path)
     return path

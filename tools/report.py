@@ -77,6 +77,8 @@ def config_label(results: dict) -> str:
         parts.append("auto thresholds")
     elif args.get("tfactors"):
         parts.append("t=" + ",".join(f"{t:g}" for t in args["tfactors"]))
+    if args.get("quantizer", "paper") != "paper":
+        parts.append(args["quantizer"].upper())
     if args.get("first_last"):
         parts.append(f"first/last {args['first_last']}")
     if args.get("subset"):

@@ -6,7 +6,7 @@ format (utils.export), and the packed file size against the fp32 state_dict file
 Compute, for one input image: the MACs of the full-precision network, the MACs left
 once zero weights are skipped, and how they split. In a ternary layer with t_ex branches
 every output is y = Σ_m α'_m · (Σ_{i: level m} ±x_i): the non-zero MACs become additions
-and subtractions only, plus t_ex multiplications per output; a full-precision layer keeps
+and subtractions only, plus t_ex multiplications per output (two for TTQ: W_p and W_n); a full-precision layer keeps
 a multiplication for every MAC.
 """
 from __future__ import annotations
@@ -26,6 +26,13 @@ def ternary_tex(model: nn.Module) -> dict[str, int]:
     """{layer name: t_ex} for every ternarized layer, live or loaded from a packed file."""
     found = {name: module.tex for name, module in model.named_modules() if isinstance(module, TernaryLayerMixin)}
     return found or dict(getattr(model, "packed_tex", {}))
+
+
+def ternary_scale_counts(model: nn.Module) -> dict[str, int]:
+    """{layer name: scales its output multiplies by} (t_ex; 2 for TTQ), live or packed."""
+    found = {name: module.scale_count for name, module in model.named_modules()
+             if isinstance(module, TernaryLayerMixin)}
+    return found or dict(getattr(model, "packed_scale_counts", {}))
 
 
 def _effective_weight(module: nn.Module) -> torch.Tensor:
@@ -59,7 +66,7 @@ def compression_report(model: nn.Module, input_shape: tuple[int, ...], packed_by
     """Report for `model` on inputs of `input_shape` (C, H, W); `packed_bytes` is the size
     of its packed file, when there is one."""
     positions = _output_positions(model, input_shape)
-    tex_of = ternary_tex(model)
+    tex_of, scales_of = ternary_tex(model), ternary_scale_counts(model)
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -77,7 +84,7 @@ def compression_report(model: nn.Module, input_shape: tuple[int, ...], packed_by
             "bits_per_weight": bits, "bytes": math.ceil(bits * params / 8),
             "macs": macs, "nonzero_macs": nonzero_macs,
             "add_only_macs": nonzero_macs if tex else 0,
-            "multiplications": outputs * tex if tex else macs,
+            "multiplications": outputs * scales_of.get(name, tex) if tex else macs,
         })
     totals = {key: sum(layer[key] for layer in layers)
               for key in ("params", "zeros", "bytes", "macs", "nonzero_macs", "add_only_macs", "multiplications")}

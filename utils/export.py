@@ -1,14 +1,15 @@
 """Packed ternary models: a self-contained file with the ternary codes, no latent weights.
 
-File layout (version 1, all integers little-endian):
+File layout (version 2, all integers little-endian):
 
     magic      8 bytes  b"TERNPACK"
-    version    uint16   1
+    version    uint16   2 (files of version 1 load too)
     header_len uint32   length of the header in bytes
-    header     zlib-compressed JSON: build config (arch, num_classes, in_channels, tfactors, first_last),
-                        input_shape [C, H, W] (absent in files written before it was added)
+    header     zlib-compressed JSON: build config (arch, num_classes, in_channels, tfactors, first_last,
+                        quantizer), input_shape [C, H, W] (absent in files written before it was added)
                         and one entry per tensor: name, kind, shape, offset, nbytes
-                        (+ for kind "ternary": alphas, base, group, group_bits)
+                        (+ for kind "ternary": alphas, base, group, group_bits, and from version 2
+                        negative_alphas where the negative levels have scales of their own)
     payload    bytes    the tensors, back to back, at the offsets the header gives
     sha256     32 bytes SHA-256 of everything before it
 
@@ -21,6 +22,9 @@ is one digit c = m·sign(W) + t_ex in base 2·t_ex+1, where m = how many branche
 little-endian bit stream: 5 digits in 8 bits (1.6 bits/weight) for t_ex = 1, 3 in 7 bits
 (2.33) for t_ex = 2, 5 in 16 bits (3.2) for t_ex = 4. The "2bit" encoding instead stores
 one digit per power-of-two-wide field (2 bits for t_ex = 1, 4 for t_ex = 2..7).
+Version 2 adds TTQ's layers, whose positive and negative weights have different scales:
+their entry's alphas = [W_p] and negative_alphas = [W_n], so a digit decodes to +W_p, 0 or
+−W_n. Version 1 files have no quantizer (the paper's) and no negative_alphas.
 
 Loading never unpickles anything: it parses JSON and raw numbers after checking the
 magic, version, checksum and every size.
@@ -38,14 +42,15 @@ import torch
 import torch.nn as nn
 
 from models import ARCHS
-from models.ternary import ternary_branches, ternary_layers
+from models.ternary import TTQ_SCALES, ternary_layers
 
 from .errors import UserError
 from .files import write_bytes
 from .onnx_export import export_onnx, is_onnx_file
 
 MAGIC = b"TERNPACK"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sHI")
 _DIGEST_BYTES = 32
 ENCODINGS = ("dense", "2bit")
@@ -105,29 +110,42 @@ def packed_size(count: int, base: int, encoding: str = "dense") -> int:
 
 
 @torch.no_grad()
-def ternary_codes(weight: torch.Tensor, tfactors) -> tuple[np.ndarray, list[float]]:
-    """Digits m·sign(W) + t_ex (0 .. 2·t_ex) of the effective weight, and the α_k."""
-    magnitude_index = torch.zeros_like(weight, dtype=torch.int64)
-    alphas = []
-    for alpha, mask in ternary_branches(weight, tfactors):
-        magnitude_index += mask
-        alphas.append(alpha)
+def ternary_codes(layer: nn.Module) -> tuple[np.ndarray, list[float], list[float] | None]:
+    """Digits m·sign(W) + t_ex (0 .. 2·t_ex) of a ternary layer's effective weight, the
+    α_k of its branches and, for TTQ, the negative scale [W_n] (its α is [W_p]); None else."""
+    terms = layer.ternary_terms()
+    if layer.quantizer == "ttq":
+        (positive, positive_scale), (negative, negative_scale) = terms
+        signed, alphas, negative_alphas = positive + negative, [positive_scale], [negative_scale]
+    else:
+        signed = sum(code.to(torch.int64) for code, _ in terms)
+        alphas, negative_alphas = [alpha for _, alpha in terms], None
     alphas = torch.stack(alphas).tolist()
-    if not all(math.isfinite(a) for a in alphas):
+    negative_alphas = torch.stack(negative_alphas).tolist() if negative_alphas else None
+    if not all(math.isfinite(a) for a in alphas + (negative_alphas or [])):
         raise UserError("cannot export a layer whose weight holds NaN or Inf")
-    signed = torch.where(weight < 0, -magnitude_index, magnitude_index) + len(tfactors)
-    return signed.flatten().cpu().numpy().astype(np.uint8), alphas
+    digits = signed.to(torch.int64) + layer.tex
+    return digits.flatten().cpu().numpy().astype(np.uint8), alphas, negative_alphas
 
 
-def decode_ternary(digits: np.ndarray, alphas: list[float], shape: list[int]) -> torch.Tensor:
-    """sign · (α_1 + … + α_m), summed in fp32 in branch order exactly like the layer does."""
-    tex = len(alphas)
+def _levels(alphas: list[float]) -> torch.Tensor:
+    """0, α_1, α_1 + α_2, ...: summed in fp32 in branch order exactly like the layer does."""
     levels = [torch.zeros((), dtype=torch.float32)]
     for alpha in torch.tensor(alphas, dtype=torch.float32):  # fp32 adds, not cumsum (it accumulates in fp64 on CPU)
         levels.append(levels[-1] + alpha)
-    levels = torch.stack(levels)
+    return torch.stack(levels)
+
+
+def decode_ternary(digits: np.ndarray, alphas: list[float], shape: list[int],
+                   negative_alphas: list[float] | None = None) -> torch.Tensor:
+    """sign · (α_1 + … + α_m); negative digits use `negative_alphas` when given (TTQ's W_n)."""
+    tex = len(alphas)
     signed = torch.from_numpy(digits.astype(np.int64)) - tex
-    return levels[signed.abs()].copysign(signed.float()).view(shape)
+    positive = _levels(alphas)[signed.abs()]
+    if negative_alphas is None:
+        return positive.copysign(signed.float()).view(shape)
+    negative = _levels(negative_alphas)[signed.abs()]
+    return torch.where(signed < 0, -negative, positive).view(shape)
 
 
 def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[bytes]]:
@@ -137,16 +155,20 @@ def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[by
     applied_biases = {f"{name}.bias" if name else "bias": layer.applied_bias()
                       for name, layer in ternary_layers(model) if layer.bias_copies != 1}
     for key, tensor in model.state_dict().items():
+        if key.rpartition(".")[2] in TTQ_SCALES:  # stored in their layer's ternary entry
+            continue
         tensor = applied_biases.get(key, tensor)
         entry = {"name": key, "shape": list(tensor.shape)}
         if key in ternary:
             layer = ternary[key]
-            digits, alphas = ternary_codes(tensor, layer.tfactors)
+            digits, alphas, negative_alphas = ternary_codes(layer)
             base = 2 * layer.tex + 1
             group, group_bits = packing_layout(base, encoding)
             blob = pack_digits(digits, base, group, group_bits)
             entry.update(kind="ternary", alphas=alphas, tfactors=list(layer.tfactors), base=base, group=group,
                          group_bits=group_bits)
+            if negative_alphas is not None:
+                entry["negative_alphas"] = negative_alphas
         elif tensor.is_floating_point():
             blob = tensor.detach().cpu().float().numpy().astype("<f4").tobytes()
             entry["kind"] = "fp32"
@@ -186,8 +208,9 @@ def _read_verified(path: str) -> tuple[dict, memoryview]:
     if len(data) < _PREFIX.size + _DIGEST_BYTES or data[: len(MAGIC)] != MAGIC:
         raise UserError(f"{path} is not a packed ternary model (bad magic or too short)")
     _, version, header_len = _PREFIX.unpack_from(data)
-    if version != VERSION:
-        raise UserError(f"{path} has packed-format version {version}; this code reads version {VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise UserError(f"{path} has packed-format version {version}; this code reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))} (a newer version of this project wrote it?)")
     body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
     if hashlib.sha256(body).digest() != digest:
         raise UserError(f"{path} is corrupt or truncated (checksum mismatch)")
@@ -211,7 +234,7 @@ def _decode_entry(entry: dict, blob: bytes) -> torch.Tensor:
     shape = entry["shape"]
     if entry["kind"] == "ternary":
         digits = unpack_digits(blob, math.prod(shape), entry["base"], entry["group"], entry["group_bits"])
-        return decode_ternary(digits, entry["alphas"], shape)
+        return decode_ternary(digits, entry["alphas"], shape, entry.get("negative_alphas"))
     dtype = "<f4" if entry["kind"] == "fp32" else "<i8"
     return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy()).view(shape)
 
@@ -240,6 +263,9 @@ def load_packed(path: str) -> nn.Module:
                         for entry in header["tensors"] if entry["kind"] == "ternary"}
     model.packed_tfactors = {entry["name"].rpartition(".")[0]: entry.get("tfactors")
                              for entry in header["tensors"] if entry["kind"] == "ternary"}
+    model.packed_scale_counts = {entry["name"].rpartition(".")[0]: len(entry["alphas"])
+                                 + len(entry.get("negative_alphas") or [])
+                                 for entry in header["tensors"] if entry["kind"] == "ternary"}
     return model.eval()
 
 

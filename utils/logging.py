@@ -77,8 +77,9 @@ class TensorBoardLog:
         for name, layer in ternary_layers(model):
             stats = layer_stats(layer)
             self.writer.add_scalar(f"sparsity/{name}", stats["sparsity"], step)
-            for k, alpha in enumerate(stats["alphas"]):
-                self.writer.add_scalar(f"alpha/{name}/branch{k}", alpha, step)
+            labels = ("positive", "negative") if stats["quantizer"] == "ttq" else [f"branch{k}" for k in range(len(stats["alphas"]))]
+            for label, alpha in zip(labels, stats["alphas"]):
+                self.writer.add_scalar(f"alpha/{name}/{label}", alpha, step)
         self.writer.flush()
 
     def close(self) -> None:

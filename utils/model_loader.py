@@ -8,6 +8,7 @@ authors'), a packed .tern file or an ONNX file. main.py and every tool use these
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class ModelChoice:
     tfactors: tuple[float, ...] | None = None
     first_last: str | None = None  # "tern" or "fp": ternarize the first conv and last linear layer, or not
     auto_thresholds: bool = False  # --tfactors auto: optimise every layer's thresholds on its weights
+    quantizer: str = "paper"  # the ternarizer: the paper's, TWN or TTQ
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, path: str) -> ModelChoice:
@@ -42,7 +44,7 @@ class ModelChoice:
             raise UserError(f"{path} does not record its architecture; name it with --arch")
         tfactors = saved.get("tfactors")
         return cls(arch, saved.get("tex"), tuple(tfactors) if tfactors else None, saved.get("first_last"),
-                   bool(saved.get("auto_thresholds")))
+                   bool(saved.get("auto_thresholds")), saved.get("quantizer") or "paper")
 
 
 @dataclass
@@ -82,7 +84,8 @@ def build_model(choice: ModelChoice, info: DatasetInfo, pretrained: str | None =
     first_last = None if choice.first_last is None else choice.first_last == "tern"
     try:
         model = models.get_model(choice.arch, num_classes=info.num_classes, in_channels=info.in_channels,
-                                 tex=choice.tex, tfactors=choice.tfactors, first_last=first_last)
+                                 tex=choice.tex, tfactors=choice.tfactors, first_last=first_last,
+                                 quantizer=choice.quantizer)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if pretrained == "torchvision":
@@ -123,7 +126,7 @@ def load_model(path: str, info: DatasetInfo, dataset: str = "the data set", choi
         return LoadedModel(model, kind)
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     choice = choice or ModelChoice.from_checkpoint(checkpoint, path)
-    model = build_model(ModelChoice(choice.arch, choice.tex, choice.tfactors, choice.first_last), info)
+    model = build_model(dataclasses.replace(choice, auto_thresholds=False), info)
     reference_bias = restore_model(model, checkpoint, path)
     if choice.auto_thresholds and not checkpoint.get("tfactors"):  # e.g. fine-tuning full-precision weights
         models.optimize_model_thresholds(model)

@@ -6,7 +6,8 @@ Each ternary weight initializer is then replaced by its codes: for each REL bran
 int4 tensor of codes c_k = sign(W)·[|W| ≥ Δ_k] in {-1, 0, +1} with scale α_k, dequantized
 by a standard DequantizeLinear node, and the t_ex dequantized branches summed by Add
 nodes into the weight the Conv/Gemm reads — the QDQ weight form that runtimes and graph
-tools understand. Since α_k·c is exact in float32 and the branches are added in the
+tools understand. A TTQ layer has two such terms, its positive codes (0, 1) with scale W_p
+and its negative codes (−1, 0) with scale W_n. Since α_k·c is exact in float32 and the branches are added in the
 order PyTorch adds them, the dequantized weight equals the PyTorch effective weight bit
 for bit. int4 is the smallest integer type onnxruntime executes for DequantizeLinear
 (int2, tried once with onnxruntime 1.32, gave wrong values). Full-precision layers,
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.ternary import inference_twin, ternary_branches, ternary_layers
+from models.ternary import inference_twin, ternary_layers
 
 from .errors import UserError
 from .files import write_bytes
@@ -36,10 +37,9 @@ def is_onnx_file(path: str) -> bool:
 
 
 def _branch_codes(layer) -> list[tuple[np.ndarray, float]]:
-    """(int8 codes in {-1, 0, 1}, α_k) of every REL branch of a ternary layer."""
-    sign = torch.sign(layer.weight.detach().float())
-    return [((sign * mask).to(torch.int8).numpy(), float(alpha)) for alpha, mask in
-            ternary_branches(layer.weight, layer.tfactors)]
+    """(int8 codes in {-1, 0, 1}, scale) of every term of a ternary layer: α_k per REL branch;
+    for TTQ the positive codes with W_p and the negative codes with W_n."""
+    return [(code.cpu().numpy(), float(scale)) for code, scale in layer.ternary_terms()]
 
 
 def _torch_export(model: nn.Module, path: str, input_shape: tuple[int, int, int]) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
+from models.ternary import TTQ_SCALES
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compression import compression_report, format_report
@@ -35,11 +36,15 @@ from .signals import Interrupted, StopSignals
 
 def make_optimizer(model: nn.Module, name: str, learning_rate: float, momentum: float,
                    weight_decay: float) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (the CIFAR recipe) or Adam (the ImageNet recipe)."""
+    """SGD with Nesterov momentum (the CIFAR recipe) or Adam (the ImageNet recipe). TTQ's
+    scales W_p, W_n are trained by the same optimiser, in a group of their own without
+    weight decay (they are the layer's magnitudes, which decay would pull towards 0)."""
+    scales = [p for n, p in model.named_parameters() if n.rpartition(".")[2] in TTQ_SCALES]
+    others = [p for n, p in model.named_parameters() if n.rpartition(".")[2] not in TTQ_SCALES]
+    groups = [{"params": others}, {"params": scales, "weight_decay": 0.0}] if scales else others
     if name == "SGD":
-        return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=True)
-    return torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: list[int],
