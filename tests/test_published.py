@@ -82,6 +82,9 @@ def test_training_command_rebuilds_the_scripts_main_py_call():
         "--learning_rate 0.1 --momentum 0.9 --decay 0.0003 --batch_size 128 --schedule 16 24 32 "
         "--gammas 0.1 0.1 0.5 --manualSeed 5000 --amp --channels_last")
     assert "--tfactors auto" in publish.training_command({**args, "auto_thresholds": True}, "DATA")
+    assert "--arch tern_resnet20 --quantizer ttq --epochs 40" in publish.training_command({**args, "quantizer": "ttq"},
+                                                                                          "DATA")
+    assert "--quantizer" not in publish.training_command({**args, "quantizer": "paper"}, "DATA")
 
 
 def test_readme_cifar10_table_is_the_one_the_committed_records_give():
@@ -90,6 +93,14 @@ def test_readme_cifar10_table_is_the_one_the_committed_records_give():
     start, end = report.readme_block(readme, "cifar10")
     runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
     assert readme[start:end].rstrip("\n") == report.paper_table(runs)
+
+
+def test_results_quantizer_table_is_the_one_the_committed_records_give():
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        document = f.read()
+    start, end = report.readme_block(document, "quantizers")
+    runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
+    assert document[start:end].rstrip("\n") == report.quantizer_table(runs)
 
 
 def test_readme_lists_the_shipped_models_of_the_manifest():

@@ -101,6 +101,10 @@ def test_cifar_script_dry_run_builds_the_matrix(tmp_path):
     automatic = "--amp --channels_last" if fastest_precision() == "bf16" else "--no-amp --no-channels_last"
     assert all("--schedule 80 120 160" in line and automatic in line for line in lines)  # PRECISION=auto
     assert not os.listdir(tmp_path)  # a dry run runs nothing
+    code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "twn ttq_fflf", "SAVE_ROOT": str(tmp_path)})
+    twn, ttq = out.strip().splitlines()
+    assert "twn_resnet20_e200_seed5000 " in twn and "--arch tern_resnet20 --quantizer twn " in twn
+    assert "--arch tern_resnet20 --quantizer ttq --first_last fp " in ttq
 
 
 def test_cifar_script_takes_the_length_from_epochs_only(tmp_path):
@@ -195,6 +199,24 @@ def test_paper_table_pairs_seeds_and_lists_depths_without_runs(tmp_path):
     assert r20_200[1:6] == ["200", "1 / 0", "91.00", "—", "—"]  # the partial ternarized run is not a result
     assert table[4].split(" | ")[1:6] == ["40", "2 / 1", "90.20 ± 0.28", "89.00", "-1.00"]  # seeds per column
     assert table[5].startswith("| ResNet-44 | 40 | not run | — | — | — | 92.47 / 92.71 / +0.24")
+
+
+def test_quantizer_table_pairs_each_ternarizer_with_its_seeds_full_precision_run(tmp_path):
+    write_run(tmp_path / "fp", "resnet20", 5000, 86.0, epochs=40)
+    write_run(tmp_path / "tern", "tern_resnet20", 5000, 85.5, epochs=40)
+    write_run(tmp_path / "ttq", "tern_resnet20", 5000, 84.0, epochs=40, quantizer="ttq", first_last="fp")
+    write_run(tmp_path / "twn", "tern_resnet20", 5000, 85.0, epochs=40, quantizer="twn")
+    write_run(tmp_path / "twn_seed", "tern_resnet20", 5001, 83.0, epochs=40, quantizer="twn")  # no FP twin
+    write_run(tmp_path / "rel2", "tern_resnet20", 5000, 87.0, epochs=40, tex=2)  # not a one-branch ternarizer
+    runs = report.find_runs([str(tmp_path)])
+    assert {run.config for run in runs} >= {"tern_resnet20 TWN", "tern_resnet20 TTQ first/last fp"}
+    table = report.quantizer_table(runs, manifest=str(tmp_path / "absent.json")).splitlines()
+    assert len(table) == 2 + 4
+    rows = [line.split(" | ") for line in table[2:]]
+    assert [row[0].lstrip("| ").split(" ")[0] for row in rows] == ["the", "TWN", "TTQ", "TWN"]
+    assert rows[0][6] == "-0.50 (FP 86.00)" and rows[1][6] == "-1.00 (FP 86.00)" and rows[3][6] == "—"
+    assert rows[2][1] == "full precision" and rows[2][-1] == "91.77 → 91.13 (Zhu et al.) |"
+    assert rows[0][7] == "30.0%" and rows[0][8] == "—"  # no shipped file: no per-layer zeros
 
 
 def test_readme_block_is_replaced_in_place(tmp_path):

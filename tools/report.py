@@ -27,8 +27,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from models.ternary import QUANTIZERS  # noqa: E402
 from utils.files import write_text  # noqa: E402
 from utils.logging import save_figure  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Top-1 reported by the authors (WACV 2019), keyed by (dataset, arch) as the reference names them.
 PAPER_TOP1 = {
@@ -65,6 +68,7 @@ class Run:
     source: str | None = None  # an evaluation's file, and its format (checkpoint, packed, onnx)
     file_format: str | None = None
     top5: float | None = None
+    args: dict = field(default_factory=dict)  # main.py's recorded arguments (training runs)
 
 
 def config_label(results: dict) -> str:
@@ -124,7 +128,7 @@ def read_run(folder: str) -> Run | None:
     return Run(folder, results.get("dataset", "?"), label, seed, "complete" if status == "complete" else "partial",
                epochs, len(history), results.get("best_top1"), results.get("final_top1"), precision,
                results.get("weight_compression"),
-               results.get("sparsity"), results.get("wall_time_s"), history)
+               results.get("sparsity"), results.get("wall_time_s"), history, args=args)
 
 
 def find_runs(roots: list[str]) -> list[Run]:
@@ -272,6 +276,68 @@ def paper_table(runs: list[Run], dataset: str = "cifar10", depths: tuple[int, ..
     return "\n".join(lines)
 
 
+# CIFAR-10 ResNet-20, full precision → ternarized, as each ternarizer's paper reports it (their code and schedule).
+REPORTED_RESNET20 = {"paper": "91.70 → 91.65 (He et al.)", "ttq": "91.77 → 91.13 (Zhu et al.)",
+                     "twn": "none (Li & Liu report no CIFAR ResNet)"}
+QUANTIZER_NAMES = {"paper": "the paper's (Δ = 0.05·max\\|W\\|, α = mean above Δ)", "twn": "TWN (Δ = 0.7·mean\\|W\\|)",
+                   "ttq": "TTQ (Δ = 0.05·max\\|W\\|, trained W_p, W_n)"}
+
+
+def shipped_files(dataset: str, manifest: str | None = None) -> dict[str, str]:
+    """{run folder name: path of its shipped model} from pretrained/DATASET/manifest.json."""
+    manifest = manifest or os.path.join(ROOT, "pretrained", dataset, "manifest.json")
+    if not os.path.isfile(manifest):
+        return {}
+    with open(manifest) as f:
+        entries = json.load(f)["files"]
+    return {entry["name"]: os.path.join(os.path.dirname(manifest), entry["file"]) for entry in entries}
+
+
+def layer_zero_range(path: str) -> tuple[float, float]:
+    """(min, max) over the ternary layers of a packed file of the fraction of zero weights."""
+    from utils.export import load_packed
+
+    model = load_packed(path)
+    state = model.state_dict()
+    zeros = [float((state[f"{name}.weight"] == 0).float().mean()) for name in model.packed_tex]
+    return min(zeros), max(zeros)
+
+
+def quantizer_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resnet20",
+                    manifest: str | None = None) -> str:
+    """The ternarizers side by side (--quantizer paper / twn / ttq, one branch, thresholds as
+    given): per schedule length and seed, best and final top-1, the gap to the
+    full-precision run of the same seed, zeros over all ternary weights and per layer
+    (min–max, from the shipped .tern file) and that file's size, beside what each
+    ternarizer's paper reports."""
+    shipped = shipped_files(dataset, manifest)
+    complete = [run for run in runs if run.status == "complete" and run.dataset == dataset and run.mode == "train"
+                and run.args.get("arch") in (arch, f"tern_{arch}") and not run.args.get("tex")
+                and not run.args.get("auto_thresholds") and not run.args.get("tfactors")]
+    full_precision = {(run.epochs, run.seed): run for run in complete if run.args["arch"] == arch}
+    lines = ["| ternarizer | first / last layer | epochs | seed | best top-1 % | final top-1 % | vs full precision "
+             "(same seed) | zeros, all ternary weights | zeros per layer (min–max) | shipped .tern (bytes) | "
+             "reported by its paper, FP → ternary top-1 % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ternarized = [run for run in complete if run.args["arch"] != arch]
+    for run in sorted(ternarized, key=lambda r: (r.epochs, r.seed, QUANTIZERS.index(r.args.get("quantizer", "paper")),
+                                                  r.args.get("first_last") or "")):
+        quantizer = run.args.get("quantizer", "paper")
+        twin = full_precision.get((run.epochs, run.seed))
+        gap = "—" if twin is None else f"{run.best_top1 - twin.best_top1:+.2f} (FP {twin.best_top1:.2f})"
+        file = shipped.get(os.path.basename(os.path.normpath(run.path)))
+        per_layer = size = "—"
+        if file and os.path.isfile(file):
+            low, high = layer_zero_range(file)
+            per_layer, size = f"{100 * low:.1f}–{100 * high:.1f}%", f"{os.path.getsize(file):,}"
+        zeros = "—" if run.sparsity is None else f"{100 * run.sparsity:.1f}%"
+        layers = "full precision" if run.args.get("first_last") == "fp" else "ternarized"
+        lines.append(f"| {QUANTIZER_NAMES[quantizer]} | {layers} | {run.epochs} | {run.seed} | {run.best_top1:.2f} | "
+                     f"{run.final_top1:.2f} | {gap} | {zeros} | {per_layer} | {size} | "
+                     f"{REPORTED_RESNET20[quantizer] if arch == 'resnet20' else '—'} |")
+    return "\n".join(lines)
+
+
 def readme_block(text: str, name: str) -> tuple[int, int]:
     """Where the generated table `name` lies in a document: between the lines
     `<!-- table:NAME ... -->` and `<!-- /table:NAME -->` (start and end offsets of its body)."""
@@ -333,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", default=None, metavar="DOC",
                         help="also write the paper's CIFAR-10 table (full precision vs ternarized per ResNet depth) "
                              "into DOC's <!-- table:cifar10 --> block, e.g. README.md")
+    parser.add_argument("--quantizers", default=None, metavar="DOC",
+                        help="also write the ternarizers' comparison (paper / TWN / TTQ on CIFAR-10 ResNet-20, per "
+                             "seed, with zeros per layer from the shipped files) into DOC's <!-- table:quantizers --> "
+                             "block, e.g. docs/results.md")
     args = parser.parse_args(argv)
     missing = [root for root in args.roots if not os.path.isdir(root)]
     if missing:
@@ -359,6 +429,14 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"{args.readme}: {exc}")
         print(f"{'updated' if changed else 'unchanged'}: the CIFAR-10 table in {args.readme}")
+    if args.quantizers:
+        comparison = quantizer_table(runs)
+        print(f"\n{comparison}")
+        try:
+            changed = update_document(args.quantizers, "quantizers", comparison)
+        except ValueError as exc:
+            parser.error(f"{args.quantizers}: {exc}")
+        print(f"{'updated' if changed else 'unchanged'}: the ternarizers' table in {args.quantizers}")
     return 0
 
 
