@@ -3,6 +3,7 @@ writing IDX (MNIST-format) files and image folders."""
 import gzip
 import json
 import os
+import signal
 
 import numpy as np
 from PIL import Image
@@ -63,3 +64,15 @@ def write_folder(root, classes, per_class=(3, 2), size=(8, 8), mode="RGB", ext="
                 Image.fromarray(pixels, mode).save(os.path.join(root, split, name, f"{i:04d}.{ext}"))
                 written[split].append((pixels, label))
     return written
+
+
+def stop_after_first_checkpoint(monkeypatch, training_module):
+    """Make the next run SIGTERM itself once it has written its first checkpoint.pth.tar."""
+    real_save = training_module.save_checkpoint
+
+    def save_then_stop(state, path):
+        real_save(state, path)
+        if path.endswith("checkpoint.pth.tar"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(training_module, "save_checkpoint", save_then_stop)

@@ -1,7 +1,6 @@
 """main.py end to end: the default job, outputs, resume, evaluate, bad input."""
 import json
 import os
-import signal
 import struct
 
 import pytest
@@ -12,6 +11,7 @@ import main
 import models
 from utils import training as training_module
 from utils.data import DEBIAN_FASHION_MNIST
+from helpers import stop_after_first_checkpoint
 
 
 def read_scalar_steps(tb_dir):
@@ -95,23 +95,18 @@ def test_export_needs_no_data_and_no_run_folder(tmp_path, capsys):
     assert f"=> wrote {packed}" in capsys.readouterr().out
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
-    common = ["--epochs", "2", "--subset", "600", "--print_freq", "1000"]
+@pytest.mark.parametrize("quantizer", ["paper", "ttq"])  # TTQ: its trained scales and their optimiser group too
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch, quantizer):
+    common = ["--epochs", "2", "--subset", "600", "--print_freq", "1000", "--quantizer", quantizer]
     assert main.main(common + ["--save_path", str(tmp_path / "straight")]) == 0
-    real_save = training_module.save_checkpoint
-
-    def save_then_stop(state, path):  # SIGTERM once epoch 1's checkpoint is written
-        real_save(state, path)
-        if path.endswith("checkpoint.pth.tar"):
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(training_module, "save_checkpoint", save_then_stop)
+    stop_after_first_checkpoint(monkeypatch, training_module)
     assert main.main(common + ["--save_path", str(tmp_path / "split")]) == 143
     monkeypatch.undo()
     assert main.main(["--resume", str(tmp_path / "split" / "checkpoint.pth.tar")]) == 0
     straight = torch.load(tmp_path / "straight" / "checkpoint.pth.tar", weights_only=True)
     split = torch.load(tmp_path / "split" / "checkpoint.pth.tar", weights_only=True)
-    assert split["epoch"] == 2 and len(split["history"]) == 2
+    assert split["epoch"] == 2 and len(split["history"]) == 2 and split["args"]["quantizer"] == quantizer
+    assert len(straight["state_dict"]) == len(split["state_dict"])
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, split["state_dict"][key]), key
 

@@ -421,22 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     write_text(output, table + "\n")
     plot_runs(runs, curves)
     print(f"\nwrote {output} and {curves} ({len(runs)} runs)")
-    if args.readme:
-        cifar10 = paper_table(runs)
-        print(f"\n{cifar10}")
+    blocks = [(args.readme, "cifar10", paper_table, "the CIFAR-10 table"),
+              (args.quantizers, "quantizers", quantizer_table, "the ternarizers' table")]
+    for document, block, make_table, what in blocks:
+        if not document:
+            continue
+        body = make_table(runs)
+        print(f"\n{body}")
         try:
-            changed = update_document(args.readme, "cifar10", cifar10)
+            changed = update_document(document, block, body)
         except ValueError as exc:
-            parser.error(f"{args.readme}: {exc}")
-        print(f"{'updated' if changed else 'unchanged'}: the CIFAR-10 table in {args.readme}")
-    if args.quantizers:
-        comparison = quantizer_table(runs)
-        print(f"\n{comparison}")
-        try:
-            changed = update_document(args.quantizers, "quantizers", comparison)
-        except ValueError as exc:
-            parser.error(f"{args.quantizers}: {exc}")
-        print(f"{'updated' if changed else 'unchanged'}: the ternarizers' table in {args.quantizers}")
+            parser.error(f"{document}: {exc}")
+        print(f"{'updated' if changed else 'unchanged'}: {what} in {document}")
     return 0
 
 
