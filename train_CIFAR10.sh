@@ -41,21 +41,7 @@ for arg in "$@"; do
         --epochs|--epochs=*) echo "error: give the length as EPOCHS=N bash train_CIFAR10.sh (it names the run folders and places the lr steps at 40/60/80%), not --epochs" >&2; exit 2 ;;
     esac
 done
-PRECISION=${PRECISION:-auto}
-if [ "$PRECISION" = auto ]; then
-    read -ra launcher <<< "$PYTHON"
-    case ${launcher[0]} in
-        *python*) detector=${launcher[0]} ;;
-        *) detector=$(PYTHON="" matrix_python) ;;  # a launcher such as torchrun: ask the Python it would run
-    esac
-    PRECISION=$("$detector" -m tools.precision) || exit 2
-    echo "== PRECISION=auto: $PRECISION on this machine" >&2
-fi
-case $PRECISION in
-    bf16) PRECISION_ARGS="--amp --channels_last" ;;
-    fp32) PRECISION_ARGS="--no-amp --no-channels_last" ;;  # explicit, so a resumed bf16 run switches
-    *) echo "error: unknown PRECISION '$PRECISION' (auto bf16 fp32)" >&2; exit 2 ;;
-esac
+PRECISION_ARGS=$(precision_args "$PYTHON") || exit 2
 # lr steps at 40/60/80% of the epochs with factors 0.1 0.1 0.5; a step before epoch 1 (EPOCHS < 5) is dropped
 SCHEDULE="" GAMMAS=""
 for step in "$((EPOCHS * 2 / 5)) 0.1" "$((EPOCHS * 3 / 5)) 0.1" "$((EPOCHS * 4 / 5)) 0.5"; do

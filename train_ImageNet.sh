@@ -20,7 +20,9 @@
 # Environment: ARCHS (below), FP_ARCHS (resnet18 resnet34 resnet50: evaluated, not trained),
 # SEEDS (1), FIRST_SEED (5000), DATA_PATH (./data/imagenet, holding train/ and val/),
 # PRETRAINED_DIR, WORKERS (8), SAVE_ROOT (./save), PYTHON (.venv/bin/python if present, else python), LAUNCH (empty: a
-# single process; e.g. "torchrun --nproc_per_node 8"), DRY_RUN, FORCE (tools/run_matrix.sh).
+# single process; e.g. "torchrun --nproc_per_node 8"), PRECISION (auto: bf16 + channels_last
+# where bf16 is native, else fp32; bf16 or fp32 force it; the fine-tuning runs only, the
+# full-precision evaluations stay fp32), DRY_RUN, FORCE (tools/run_matrix.sh).
 set -uo pipefail
 cd "$(dirname "$0")"
 source tools/run_matrix.sh
@@ -34,6 +36,7 @@ WORKERS=${WORKERS:-8}
 SAVE_ROOT=${SAVE_ROOT:-./save}
 # LAUNCH replaces "python" (e.g. torchrun); run_one calls "$PYTHON" main.py.
 PYTHON=${LAUNCH:-$(matrix_python)}
+PRECISION_ARGS=$(precision_args "$PYTHON") || exit 2
 
 pretrained_flag() {  # pretrained_flag ARCH: the --pretrained argument of its full-precision twin
     local twin
@@ -64,7 +67,7 @@ for arch in $ARCHS; do
     for seed in $(seed_list "$SEEDS" "$FIRST_SEED"); do
         # shellcheck disable=SC2086
         run_one "$SAVE_ROOT/imagenet/${arch}_seed$seed" --dataset imagenet --data_path "$DATA_PATH" --arch "$arch" \
-            $pretrained "${recipe[@]}" --manualSeed "$seed" "$@"
+            $pretrained "${recipe[@]}" --manualSeed "$seed" $PRECISION_ARGS "$@"
     done
 done
 finish_matrix

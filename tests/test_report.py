@@ -164,6 +164,12 @@ def test_imagenet_script_dry_run(tmp_path):
     assert f"--pretrained {weights}/resnet18.pth" in lines[1] and "--optimizer Adam" in lines[1]
     assert "--pretrained torchvision" in lines[2]  # no local resnet34.pth: torchvision's download
     assert "--pretrained" not in lines[3] and "trains from scratch" in err
+    automatic = "--amp --channels_last" if fastest_precision() == "bf16" else "--no-amp --no-channels_last"
+    assert automatic not in lines[0] and all(automatic in line for line in lines[1:])  # PRECISION=auto trains fast
+    code, out, _ = script("train_ImageNet.sh", {**env, "PRECISION": "fp32"})
+    assert code == 0 and all("--no-amp --no-channels_last" in line for line in out.strip().splitlines()[1:])
+    code, _, err = script("train_ImageNet.sh", {**env, "PRECISION": "fp8"})
+    assert code == 2 and "error: unknown PRECISION 'fp8' (auto bf16 fp32)" in err
 
 
 def test_gap_report_compares_two_runs(tmp_path, capsys):

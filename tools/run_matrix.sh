@@ -18,6 +18,28 @@ matrix_python() {
     fi
 }
 
+# precision_args LAUNCHER: main.py's precision flags for PRECISION (auto: bf16 where this
+# machine computes it natively, else fp32, as `python -m tools.precision` prints; bf16:
+# --amp --channels_last; fp32: --no-amp --no-channels_last, explicit so that a partial bf16
+# run resumed by the matrix switches). LAUNCHER is the runs' Python or launcher (torchrun).
+precision_args() {
+    local precision=${PRECISION:-auto} detector launcher
+    if [ "$precision" = auto ]; then
+        read -ra launcher <<< "$1"
+        case ${launcher[0]} in
+            *python*) detector=${launcher[0]} ;;
+            *) detector=$(PYTHON="" matrix_python) ;;  # a launcher such as torchrun: ask the Python it would run
+        esac
+        precision=$("$detector" -m tools.precision) || return 2
+        echo "== PRECISION=auto: $precision on this machine" >&2
+    fi
+    case $precision in
+        bf16) echo "--amp --channels_last" ;;
+        fp32) echo "--no-amp --no-channels_last" ;;
+        *) echo "error: unknown PRECISION '$precision' (auto bf16 fp32)" >&2; return 2 ;;
+    esac
+}
+
 # run_one SAVE_DIR MAIN_PY_ARGS...
 run_one() {
     local save_dir=$1
