@@ -102,8 +102,6 @@ def get_model(arch: str, num_classes: int | None = None, in_channels: int = 3, *
     factors, keep_first_last_ternary = resolve_tfactors(arch, tex, tfactors, first_last)
     if factors is None and quantizer != "paper":
         raise ValueError(f"{arch} is full precision: the {quantizer} quantizer needs a ternarized arch")
-    if factors is not None:
-        check_quantizer(quantizer, len(factors))
     num_classes = num_classes or DEFAULT_NUM_CLASSES[spec.family]
     model = spec.builder(num_classes=num_classes, in_channels=in_channels)
     if factors is not None:

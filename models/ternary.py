@@ -76,8 +76,12 @@ def ternary_branches(weight: torch.Tensor, tfactors: Sequence[float]) -> Iterato
     max_magnitude = magnitude.amax() if magnitude.numel() else magnitude.new_zeros(())
     for tfactor in tfactors:
         mask = magnitude >= max_magnitude * tfactor
-        alpha = (magnitude * mask).sum() / mask.sum(dtype=torch.float32).clamp_min(1.0)
-        yield alpha, mask
+        yield _mean_over(magnitude, mask), mask
+
+
+def _mean_over(magnitude: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean{ |W_i| : mask_i } as a masked sum over the clamped count (0 for an empty mask)."""
+    return (magnitude * mask).sum() / mask.sum(dtype=torch.float32).clamp_min(1.0)
 
 
 def ternary_weight(weight: torch.Tensor, tfactors: Sequence[float]) -> torch.Tensor:
@@ -119,8 +123,7 @@ def twn_branch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     magnitude = weight.detach().float().abs()
     mean_magnitude = magnitude.mean() if magnitude.numel() else magnitude.new_zeros(())
     mask = magnitude > TWN_THRESHOLD * mean_magnitude
-    alpha = (magnitude * mask).sum() / mask.sum(dtype=torch.float32).clamp_min(1.0)
-    return alpha, mask
+    return _mean_over(magnitude, mask), mask
 
 
 def twn_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -230,6 +233,16 @@ class TernaryLayerMixin:
                 self._parameters.pop(name, None)
             elif name not in self._parameters:
                 self.register_parameter(name, nn.Parameter(torch.ones((), device=self.weight.device)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Full-precision or paper-quantizer weights have no TTQ scales: loading them into a
+        TTQ layer (fine-tuning) keeps its current W_p, W_n instead of failing strict loading."""
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        for name in TTQ_SCALES:
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
 
     def set_tfactors(self, tfactors: float | Sequence[float]) -> None:
         self.configure(tfactors, self.quantizer)

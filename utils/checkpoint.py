@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from models import set_layer_bias_copies, set_layer_tfactors, use_reference_rel_bias
-from models.ternary import TTQ_SCALES
 
 from .errors import UserError
 from .files import write_bytes
@@ -185,9 +184,8 @@ def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load weights as strictly as PyTorch's own strict loading: a key PyTorch accepts as
-    absent (num_batches_tracked of a pre-0.4.1 file) is fine, and so are TTQ's scales
-    absent from full-precision or paper-quantizer weights (they keep their initial 1.0:
-    fine-tuning starts TTQ there); a missing, unexpected or wrongly shaped key is a
+    absent (num_batches_tracked of a pre-0.4.1 file, TTQ's scales in full-precision weights:
+    see TernaryLayerMixin) is fine; a missing, unexpected or wrongly shaped key is a
     UserError naming them, and the model is left unchanged."""
     own = model.state_dict()
     wrong_shape = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
@@ -195,8 +193,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     if not wrong_shape:
         backup = {k: v.clone() for k, v in own.items()}
         result = model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in result.missing_keys if k.rpartition(".")[2] not in TTQ_SCALES]
-        unexpected = list(result.unexpected_keys)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
         if not missing and not unexpected:
             return
         model.load_state_dict(backup, strict=True)
