@@ -175,5 +175,45 @@ def test_int8_quantization_is_quiet_and_keeps_batchnorm_as_its_docs_say(tmp_path
     quantize_int8(fp32_path, int8_path, np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
     warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
     assert not warnings  # onnxruntime's quantizer logs ~40 warnings about computed conv biases otherwise
-    ops = [node.op_type for node in onnx.load(int8_path).graph.node]
+    graph = onnx.load(int8_path).graph
+    ops = [node.op_type for node in graph.node]
     assert ops.count("BatchNormalization") == 19 and "QuantizeLinear" in ops  # not folded into the convs
+    weights = [codes for codes in (numpy_helper.to_array(t) for t in graph.initializer
+                                   if t.data_type == onnx.TensorProto.INT8) if codes.ndim >= 2]
+    assert len(weights) == 20  # 19 convs and the classifier
+    for codes in weights:  # 7-bit (no saturation without VNNI) and exact: three levels per output channel
+        assert np.abs(codes).max() <= 64
+        assert all(len(np.unique(np.abs(channel))) <= 2 for channel in codes.reshape(len(codes), -1))
+
+
+
+@pytest.mark.parametrize("options", [{}, {"tex": 2}, {"quantizer": "ttq"}])
+def test_a_packed_file_exports_the_int4_onnx_of_its_checkpoint(tmp_path, options):
+    from utils.export import export_packed, load_packed
+
+    torch.manual_seed(0)
+    model = get_model("tern_resnet20", in_channels=1, **options).eval()
+    for _, layer in ternary_layers(model):
+        if layer.quantizer == "ttq":  # trained scales differ from their start at 1
+            layer.positive_scale.data.uniform_(0.5, 1.5)
+            layer.negative_scale.data.uniform_(0.5, 1.5)
+    export_packed(model, str(tmp_path / "m.tern"), input_shape=(1, 8, 8))
+    export_onnx(model, str(tmp_path / "from_model.onnx"), (1, 8, 8))
+    written = export_onnx(load_packed(str(tmp_path / "m.tern")), str(tmp_path / "from_file.onnx"), (1, 8, 8))
+    assert written["ternary_layers"] == 20
+    expected, got = (onnx.load(str(tmp_path / name)).graph for name in ("from_model.onnx", "from_file.onnx"))
+    assert [i.name for i in got.initializer] == [i.name for i in expected.initializer]
+    for mine, theirs in zip(got.initializer, expected.initializer):
+        assert mine.data_type == theirs.data_type
+        assert np.array_equal(numpy_helper.to_array(mine), numpy_helper.to_array(theirs)), mine.name
+
+
+def test_main_exports_a_packed_file_to_onnx_only(tmp_path, capsys):
+    from utils.export import export_packed
+
+    export_packed(get_model("tern_resnet20", in_channels=1).eval(), str(tmp_path / "m.tern"), input_shape=(1, 8, 8))
+    assert main.main(["--resume", str(tmp_path / "m.tern"), "--export", str(tmp_path / "m.onnx")]) == 0
+    assert "20 ternary layers as int4 codes" in capsys.readouterr().out
+    assert main.main(["--resume", str(tmp_path / "m.tern"), "--export", str(tmp_path / "again.tern")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use it with --evaluate or --export MODEL.onnx" in err

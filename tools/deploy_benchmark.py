@@ -2,14 +2,15 @@
 (the int4-code export) and with int8 activations (onnxruntime's static quantization),
 against PyTorch eager fp32 — accuracy and latency measured in one run.
 
-    python -m tools.deploy_benchmark --checkpoint save/cifar10/tern_resnet20_e40_seed5000/model_best.pth.tar \\
+    python -m tools.deploy_benchmark --checkpoint pretrained/cifar10/tern_resnet20_e40_seed5000.tern \\
         --dataset cifar10 --data_path data/cifar10-jpeg
     python -m tools.deploy_benchmark --arch tern_resnet20 --dataset digits     # no checkpoint: random weights
 
 For the int8 model the float32 export goes through onnxruntime's quant_pre_process
 (shape inference and graph optimisation; BatchNorm stays a node of its own in this graph,
 it is not folded into the convs) and onnxruntime.quantization.quantize_static in QDQ form:
-weights per channel, symmetric int8 — exact for ternary weights, whose values are
+weights per channel, symmetric and in 7 bits (reduce_range; 8-bit weights saturate the
+int8 kernels of CPUs without VNNI) — exact for ternary weights, whose values are
 {-α, 0, +α} (t_ex = 1) — and activations uint8 with min/max ranges calibrated on
 --calibration training images. The quantizer's warnings (one per conv whose bias is
 computed, not stored) are silenced: nothing in them can be acted on. Top-1 is measured on the data set's test
@@ -26,6 +27,7 @@ import logging
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ import torch.nn as nn
 import models
 from utils.data import build_loaders, dataset_info
 from utils.evaluation import evaluate
+from utils.errors import UserError
 from utils.model_loader import ModelChoice, build_model, load_model
 from utils.onnx_export import OnnxModel, export_onnx
 
@@ -57,8 +60,11 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray, batch:
     with quiet_root_logger():
         quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)  # ONNX shape inference suffices here
         try:
+            # reduce_range: 7-bit weights, still exact for three levels per channel. With 8-bit
+            # weights the u8×s8 kernels of CPUs without VNNI saturate their int16 sums: measured
+            # on an AVX2 CPU, top-1 85.55 → 77.44 without it, 85.35 with it.
             quantize_static(prepared, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         finally:
             os.remove(prepared)
 
@@ -140,7 +146,7 @@ def benchmark_model(args: argparse.Namespace, info) -> nn.Module:
     return build_model(ModelChoice(args.arch), info).eval()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="trained model to deploy (default: random --arch)")
     parser.add_argument("--arch", default="tern_resnet20")
@@ -151,6 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--resnet18", action="store_true", help="also time ResNet-18 (fully ternarized) at 224×224")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    """Measure and print the tables (see the module docstring)."""
     torch.set_num_threads(args.threads)
     info = dataset_info(args.dataset, args.data_path)
     shape = (info.in_channels, info.image_size, info.image_size)
@@ -179,4 +195,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

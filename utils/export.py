@@ -231,12 +231,28 @@ def _expected_nbytes(entry: dict, encoding: str) -> int:
 
 
 def _decode_entry(entry: dict, blob: bytes) -> torch.Tensor:
-    shape = entry["shape"]
-    if entry["kind"] == "ternary":
-        digits = unpack_digits(blob, math.prod(shape), entry["base"], entry["group"], entry["group_bits"])
-        return decode_ternary(digits, entry["alphas"], shape, entry.get("negative_alphas"))
     dtype = "<f4" if entry["kind"] == "fp32" else "<i8"
-    return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy()).view(shape)
+    return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy()).view(entry["shape"])
+
+
+def digit_terms(digits: np.ndarray, alphas: list[float], shape: list[int],
+                negative_alphas: list[float] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A packed layer's weight as Σ_j s_j · c_j, the terms TernaryLayerMixin.ternary_terms
+    gives for the layer it was exported from: (sign·[m ≥ k], α_k) per REL branch k, or
+    TTQ's ([digit > 0], W_p) and (−[digit < 0], W_n)."""
+    signed = torch.from_numpy(digits.astype(np.int64)).view(shape) - len(alphas)
+    if negative_alphas is not None:
+        return [((signed > 0).to(torch.int8), torch.tensor(alphas[0], dtype=torch.float32)),
+                (-(signed < 0).to(torch.int8), torch.tensor(negative_alphas[0], dtype=torch.float32))]
+    sign = signed.sign()
+    return [((sign * (signed.abs() >= k)).to(torch.int8), torch.tensor(alpha, dtype=torch.float32))
+            for k, alpha in enumerate(alphas, 1)]
+
+
+def packed_terms(model: nn.Module) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """digit_terms of every ternary weight of a model built by load_packed, by state_dict key
+    (empty for any other model): what the ONNX export stores as int4 codes."""
+    return {name: digit_terms(*codes) for name, codes in getattr(model, "packed_digits", {}).items()}
 
 
 def load_packed(path: str) -> nn.Module:
@@ -250,13 +266,21 @@ def load_packed(path: str) -> nn.Module:
     if config.get("arch") not in ARCHS:
         raise UserError(f"{path} names an unknown arch {config.get('arch')!r}")
     model = ARCHS[config["arch"]].builder(num_classes=config["num_classes"], in_channels=config["in_channels"])
-    state = {}
+    state, digits = {}, {}
     for entry in header["tensors"]:
         expected = _expected_nbytes(entry, encoding)
         if entry["nbytes"] != expected or entry["offset"] + expected > len(payload):
             raise UserError(f"{path}: tensor {entry['name']} has an inconsistent size")
-        state[entry["name"]] = _decode_entry(entry, payload[entry["offset"]:entry["offset"] + expected])
+        blob = payload[entry["offset"]:entry["offset"] + expected]
+        if entry["kind"] != "ternary":
+            state[entry["name"]] = _decode_entry(entry, blob)
+            continue
+        codes = (unpack_digits(blob, math.prod(entry["shape"]), entry["base"], entry["group"], entry["group_bits"]),
+                 entry["alphas"], entry["shape"], entry.get("negative_alphas"))
+        digits[entry["name"]] = codes
+        state[entry["name"]] = decode_ternary(*codes)
     model.load_state_dict(state, strict=True)
+    model.packed_digits = digits
     model.build_config = config
     model.input_shape = tuple(header.get("input_shape") or (config["in_channels"], None, None))
     model.packed_tex = {entry["name"].rpartition(".")[0]: (entry["base"] - 1) // 2

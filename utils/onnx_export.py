@@ -36,10 +36,16 @@ def is_onnx_file(path: str) -> bool:
     return path.lower().endswith(".onnx")
 
 
-def _branch_codes(layer) -> list[tuple[np.ndarray, float]]:
-    """(int8 codes in {-1, 0, 1}, scale) of every term of a ternary layer: α_k per REL branch;
-    for TTQ the positive codes with W_p and the negative codes with W_n."""
-    return [(code.cpu().numpy(), float(scale)) for code, scale in layer.ternary_terms()]
+def _ternary_codes(model: nn.Module) -> dict[str, list[tuple[np.ndarray, float]]]:
+    """(int8 codes in {-1, 0, 1}, scale) of every term of every ternary weight, by initializer
+    name: α_k per REL branch; for TTQ the positive codes with W_p and the negative codes with
+    W_n. A model loaded from a packed file has plain layers: its terms come from the file."""
+    from .export import packed_terms  # export.py imports this module
+
+    terms = {f"{name}.weight" if name else "weight": layer.ternary_terms() for name, layer in ternary_layers(model)}
+    terms = terms or packed_terms(model)
+    return {name: [(code.cpu().numpy(), float(scale)) for code, scale in layer_terms]
+            for name, layer_terms in terms.items()}
 
 
 def _torch_export(model: nn.Module, path: str, input_shape: tuple[int, int, int]) -> None:
@@ -95,8 +101,7 @@ def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int], 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UserError(f"cannot write {path}: the folder does not exist")
-    codes = {f"{name}.weight" if name else "weight": _branch_codes(layer) for name, layer in ternary_layers(model)
-             if ternary_codes}
+    codes = _ternary_codes(model) if ternary_codes else {}
     twin = inference_twin(model).cpu().float()
     with tempfile.TemporaryDirectory() as staging:  # torch.onnx writes the weights beside the graph
         _torch_export(twin, os.path.join(staging, "model.onnx"), input_shape)
