@@ -18,8 +18,8 @@
 # PRECISION (auto: bf16 where this machine computes it natively, else fp32, as
 # `python -m tools.precision` prints; bf16: --amp --channels_last, about 2x faster on GPUs and
 # on CPUs with AVX-512 BF16 at no accuracy cost, see README, and several times slower where
-# bf16 is emulated; fp32: --no-amp --no-channels_last, which also switches a partial bf16 run
-# to fp32 when the matrix resumes it),
+# bf16 is emulated; fp32: --no-amp --channels_last, which also switches a partial bf16 run
+# to fp32 when the matrix resumes it; add --no-channels_last to the arguments for NCHW),
 # DATASET (cifar10; cifar100, fashion_mnist, mnist, digits work too), DATA_PATH
 # (./data/DATASET), SAVE_ROOT (./save), PYTHON (.venv/bin/python when the repository has a
 # .venv, else python), DRY_RUN, FORCE (see tools/run_matrix.sh). The length is EPOCHS, not

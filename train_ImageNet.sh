@@ -21,7 +21,7 @@
 # SEEDS (1), FIRST_SEED (5000), DATA_PATH (./data/imagenet, holding train/ and val/),
 # PRETRAINED_DIR, WORKERS (8), SAVE_ROOT (./save), PYTHON (.venv/bin/python if present, else python), LAUNCH (empty: a
 # single process; e.g. "torchrun --nproc_per_node 8"), PRECISION (auto: bf16 + channels_last
-# where bf16 is native, else fp32; bf16 or fp32 force it; the fine-tuning runs only, the
+# where bf16 is native, else fp32 + channels_last; bf16 or fp32 force it; the fine-tuning runs only, the
 # full-precision evaluations stay fp32), DRY_RUN, FORCE (tools/run_matrix.sh).
 set -uo pipefail
 cd "$(dirname "$0")"

@@ -98,7 +98,7 @@ def test_cifar_script_dry_run_builds_the_matrix(tmp_path):
     assert f"{tmp_path}/cifar10/rel2_auto_resnet56_e200_seed5001" in lines[7]
     assert "--arch tern_resnet56 --tex 2 --tfactors auto" in lines[7] and "--manualSeed 5001" in lines[7]
     assert all(line.rstrip().endswith("--print_freq 3") and "--epochs 200 " in line for line in lines)
-    automatic = "--amp --channels_last" if fastest_precision() == "bf16" else "--no-amp --no-channels_last"
+    automatic = "--amp --channels_last" if fastest_precision() == "bf16" else "--no-amp --channels_last"
     assert all("--schedule 80 120 160" in line and automatic in line for line in lines)  # PRECISION=auto
     assert not os.listdir(tmp_path)  # a dry run runs nothing
     code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "twn ttq_fflf", "SAVE_ROOT": str(tmp_path)})
@@ -127,7 +127,7 @@ def test_cifar_script_compresses_the_schedule_and_sets_precision(tmp_path):
     code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "tern", "EPOCHS": "40",
                                                "PRECISION": "fp32", "SAVE_ROOT": str(tmp_path)})
     assert code == 0 and "--epochs 40 " in out and "--schedule 16 24 32 --gammas 0.1 0.1 0.5" in out
-    assert "--no-amp --no-channels_last" in out and " --amp " not in out and " --channels_last" not in out
+    assert "--no-amp --channels_last" in out and " --amp " not in out and "--no-channels_last" not in out
     code, _, err = script("train_CIFAR10.sh", {"PRECISION": "fp8"})
     assert code == 2 and "unknown PRECISION 'fp8'" in err
 
@@ -164,10 +164,10 @@ def test_imagenet_script_dry_run(tmp_path):
     assert f"--pretrained {weights}/resnet18.pth" in lines[1] and "--optimizer Adam" in lines[1]
     assert "--pretrained torchvision" in lines[2]  # no local resnet34.pth: torchvision's download
     assert "--pretrained" not in lines[3] and "trains from scratch" in err
-    automatic = "--amp --channels_last" if fastest_precision() == "bf16" else "--no-amp --no-channels_last"
+    automatic = "--amp --channels_last" if fastest_precision() == "bf16" else "--no-amp --channels_last"
     assert automatic not in lines[0] and all(automatic in line for line in lines[1:])  # PRECISION=auto trains fast
     code, out, _ = script("train_ImageNet.sh", {**env, "PRECISION": "fp32"})
-    assert code == 0 and all("--no-amp --no-channels_last" in line for line in out.strip().splitlines()[1:])
+    assert code == 0 and all("--no-amp --channels_last" in line for line in out.strip().splitlines()[1:])
     code, _, err = script("train_ImageNet.sh", {**env, "PRECISION": "fp8"})
     assert code == 2 and "error: unknown PRECISION 'fp8' (auto bf16 fp32)" in err
 

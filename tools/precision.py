@@ -1,6 +1,7 @@
 """Which precision trains fastest here without changing what is computed beyond bf16
 rounding: prints "bf16" where bf16 is native (a CUDA GPU with bf16, a CPU with AVX-512
-BF16 or AMX), else "fp32". train_CIFAR10.sh uses it for PRECISION=auto (its default).
+BF16 or AMX), else "fp32". train_CIFAR10.sh and train_ImageNet.sh use it for PRECISION=auto
+(their default), adding channels_last to either.
 
     python -m tools.precision
 """

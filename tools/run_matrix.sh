@@ -20,8 +20,10 @@ matrix_python() {
 
 # precision_args LAUNCHER: main.py's precision flags for PRECISION (auto: bf16 where this
 # machine computes it natively, else fp32, as `python -m tools.precision` prints; bf16:
-# --amp --channels_last; fp32: --no-amp --no-channels_last, explicit so that a partial bf16
-# run resumed by the matrix switches). LAUNCHER is the runs' Python or launcher (torchrun).
+# --amp --channels_last; fp32: --no-amp --channels_last, explicit so that a partial bf16
+# run resumed by the matrix switches). NHWC is on in both: it was faster on both CPU kinds
+# measured (docs/results.md); a --no-channels_last after them turns it off.
+# LAUNCHER is the runs' Python or launcher (torchrun).
 precision_args() {
     local precision=${PRECISION:-auto} detector launcher
     if [ "$precision" = auto ]; then
@@ -35,7 +37,7 @@ precision_args() {
     fi
     case $precision in
         bf16) echo "--amp --channels_last" ;;
-        fp32) echo "--no-amp --no-channels_last" ;;
+        fp32) echo "--no-amp --channels_last" ;;
         *) echo "error: unknown PRECISION '$precision' (auto bf16 fp32)" >&2; return 2 ;;
     esac
 }
