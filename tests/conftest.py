@@ -8,6 +8,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# README's test command runs two pytest-xdist workers on the two cores: each computes with
+# one thread (two threads each would oversubscribe the cores), and so do the processes
+# its tests start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # The JPEG copy of CIFAR-10 (../shared/data/README.md): beside this checkout, or where CIFAR10_JPEG_TAR says.
 CIFAR_JPEG_TAR = os.environ.get("CIFAR10_JPEG_TAR") or os.path.join(ROOT, "..", "shared", "data",
                                                                       "cifar10-jpeg.tar.gz")

@@ -86,3 +86,8 @@ def test_every_repository_path_and_script_exists(document):
     missing = [path for path in sorted(paths) if not path.startswith(CREATED) and not placeholder.search(path)
                and not os.path.exists(os.path.join(ROOT, path))]
     assert not missing, f"{document} names files that do not exist: {missing}"
+
+
+def test_ci_runs_the_test_command_readme_gives():
+    readme_command = re.search(r"```bash\n(python3 -m venv .*pytest.*)\n```", document_text("README.md")).group(1)
+    assert readme_command in document_text(".ci/run").splitlines()

@@ -15,7 +15,7 @@ from utils import image_folders
 from utils.image_folders import CACHE_NAME, load_image_folder
 
 from conftest import extract_cifar_slice, needs_cifar_jpeg
-from helpers import write_folder
+from helpers import fastest_precision_flags, write_folder
 
 
 def quiet(_message):
@@ -182,10 +182,11 @@ def test_real_cifar10_jpeg_slice_learns(tmp_path):
     save = tmp_path / "run"
     assert main.main(["--dataset", "cifar10", "--data_path", str(tmp_path / "cifar"), "--arch", "tern_resnet20",
                       "--save_path", str(save), "--epochs", "4", "--schedule", "3", "--gammas", "0.1",
-                      "--amp", "--channels_last"]) == 0
+                      *fastest_precision_flags()]) == 0
     import json
     results = json.loads((save / "results.json").read_text())
-    assert results["best_top1"] >= 30.0  # measured 39.5 here (2,000 train images, 4 epochs); chance is 10%
+    # 3,000 train images, 4 epochs: measured 39.5 in bf16 (an AVX-512 BF16 CPU), 40.20 in fp32 (AVX2); chance is 10%
+    assert results["best_top1"] >= 30.0
 
 
 def test_cache_dir_chooses_where_the_decoded_images_go(tmp_path, capsys):

@@ -17,15 +17,17 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-import torchvision.transforms as T
 
 from .errors import UserError
 from .image_folders import is_image_folder, load_image_folder
+
+if TYPE_CHECKING:
+    import torchvision
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -263,6 +265,8 @@ def load_mnist_like(name: str, data_path: str) -> tuple[torch.Tensor, ...]:
             check_split(x_train[:, None], y_train.long(), 10, f"{paths[0]} with {paths[1]}")
             check_split(x_test[:, None], y_test.long(), 10, f"{paths[2]} with {paths[3]}")
             return x_train[:, None], y_train.long(), x_test[:, None], y_test.long()
+    import torchvision  # here, not at the top: importing it costs a CLI start about 2 s
+
     dataset_class = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
     train = _torchvision_dataset(dataset_class, data_path, train=True, label=name)
     test = _torchvision_dataset(dataset_class, data_path, train=False, label=name)
@@ -292,6 +296,8 @@ def load_cifar(name: str, data_path: str, log: Callable[[str], None] = print,
         if x_train.shape[2:] != (32, 32):
             raise UserError(f"{data_path}: {name} images are 32×32, these are {x_train.shape[3]}×{x_train.shape[2]}")
         return x_train, data.y_train, x_test, data.y_test
+    import torchvision
+
     dataset_class = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
     train = _torchvision_dataset(dataset_class, data_path, train=True, label=name)
     test = _torchvision_dataset(dataset_class, data_path, train=False, label=name)
@@ -329,7 +335,9 @@ class ImageFolderLoader(torch.utils.data.DataLoader):
         return len(self.dataset)
 
 
-def imagenet_transforms(train: bool) -> T.Compose:
+def imagenet_transforms(train: bool) -> torchvision.transforms.Compose:
+    import torchvision.transforms as T
+
     if train:
         steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
     else:
@@ -348,7 +356,9 @@ def load_imagenet(data_path: str, batch_size: int, workers: int, pin_memory: boo
         root = os.path.join(data_path, split)
         if not os.path.isdir(root):
             raise UserError(f"imagenet expects an ImageFolder at {root} (one sub-folder of images per class)")
-        dataset = torchvision.datasets.ImageFolder(root, transform=imagenet_transforms(train))
+        from torchvision.datasets import ImageFolder
+
+        dataset = ImageFolder(root, transform=imagenet_transforms(train))
         index = random_subset(len(dataset), subset, seed) if train else None
         if index is not None:
             dataset = torch.utils.data.Subset(dataset, index.tolist())

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn as nn
-import torchvision
 
 import models
 
@@ -69,6 +68,8 @@ def torchvision_state_dict(arch: str) -> dict:
     name = models.ARCHS[arch].torchvision_weights if arch in models.ARCHS else None
     if name is None:
         raise UserError(f"torchvision has no pretrained weights for {arch}; give --pretrained a state_dict file")
+    import torchvision  # here, not at the top: importing it costs a CLI start about 2 s
+
     try:
         return torchvision.models.get_weight(name).get_state_dict(progress=False)
     except Exception as exc:  # network errors come in many types
