@@ -128,24 +128,28 @@ def ternary_codes(layer: nn.Module) -> tuple[np.ndarray, list[float], list[float
     return digits.flatten().cpu().numpy().astype(np.uint8), alphas, negative_alphas
 
 
-def _levels(alphas: list[float]) -> torch.Tensor:
-    """0, α_1, α_1 + α_2, ...: summed in fp32 in branch order exactly like the layer does."""
-    levels = [torch.zeros((), dtype=torch.float32)]
-    for alpha in torch.tensor(alphas, dtype=torch.float32):  # fp32 adds, not cumsum (it accumulates in fp64 on CPU)
-        levels.append(levels[-1] + alpha)
-    return torch.stack(levels)
+def digit_terms(digits: np.ndarray, alphas: list[float], shape: list[int],
+                negative_alphas: list[float] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A packed layer's weight as Σ_j s_j · c_j, the terms TernaryLayerMixin.ternary_terms
+    gives for the layer it was exported from: (sign·[m ≥ k], α_k) per REL branch k, or
+    TTQ's ([digit > 0], W_p) and (−[digit < 0], W_n)."""
+    signed = torch.from_numpy(digits.astype(np.int64)).view(shape) - len(alphas)
+    if negative_alphas is not None:
+        return [((signed > 0).to(torch.int8), torch.tensor(alphas[0], dtype=torch.float32)),
+                (-(signed < 0).to(torch.int8), torch.tensor(negative_alphas[0], dtype=torch.float32))]
+    sign = signed.sign()
+    return [((sign * (signed.abs() >= k)).to(torch.int8), torch.tensor(alpha, dtype=torch.float32))
+            for k, alpha in enumerate(alphas, 1)]
 
 
 def decode_ternary(digits: np.ndarray, alphas: list[float], shape: list[int],
                    negative_alphas: list[float] | None = None) -> torch.Tensor:
-    """sign · (α_1 + … + α_m); negative digits use `negative_alphas` when given (TTQ's W_n)."""
-    tex = len(alphas)
-    signed = torch.from_numpy(digits.astype(np.int64)) - tex
-    positive = _levels(alphas)[signed.abs()]
-    if negative_alphas is None:
-        return positive.copysign(signed.float()).view(shape)
-    negative = _levels(negative_alphas)[signed.abs()]
-    return torch.where(signed < 0, -negative, positive).view(shape)
+    """sign · (α_1 + … + α_m), or TTQ's +W_p / 0 / −W_n: the digit_terms added in fp32 in
+    branch order, exactly like the layer adds them."""
+    weight = torch.zeros(shape, dtype=torch.float32)
+    for code, scale in digit_terms(digits, alphas, shape, negative_alphas):
+        weight = weight + scale * code
+    return weight
 
 
 def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[bytes]]:
@@ -233,20 +237,6 @@ def _expected_nbytes(entry: dict, encoding: str) -> int:
 def _decode_entry(entry: dict, blob: bytes) -> torch.Tensor:
     dtype = "<f4" if entry["kind"] == "fp32" else "<i8"
     return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy()).view(entry["shape"])
-
-
-def digit_terms(digits: np.ndarray, alphas: list[float], shape: list[int],
-                negative_alphas: list[float] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A packed layer's weight as Σ_j s_j · c_j, the terms TernaryLayerMixin.ternary_terms
-    gives for the layer it was exported from: (sign·[m ≥ k], α_k) per REL branch k, or
-    TTQ's ([digit > 0], W_p) and (−[digit < 0], W_n)."""
-    signed = torch.from_numpy(digits.astype(np.int64)).view(shape) - len(alphas)
-    if negative_alphas is not None:
-        return [((signed > 0).to(torch.int8), torch.tensor(alphas[0], dtype=torch.float32)),
-                (-(signed < 0).to(torch.int8), torch.tensor(negative_alphas[0], dtype=torch.float32))]
-    sign = signed.sign()
-    return [((sign * (signed.abs() >= k)).to(torch.int8), torch.tensor(alpha, dtype=torch.float32))
-            for k, alpha in enumerate(alphas, 1)]
 
 
 def packed_terms(model: nn.Module) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
