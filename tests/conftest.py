@@ -8,9 +8,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# README's test command runs two pytest-xdist workers on the two cores: each computes with
-# one thread (two threads each would oversubscribe the cores), and so do the processes
-# its tests start.
+# README's test command runs one pytest-xdist worker per core: each computes with one
+# thread (torch's default, a thread per core in every worker, would oversubscribe the
+# cores), and so do the processes its tests start.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)

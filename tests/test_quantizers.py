@@ -222,7 +222,7 @@ def test_version_1_files_still_load_and_an_unknown_version_is_refused(tmp_path):
         data = f.read()
     assert struct.unpack_from("<8sH", data)[1] == 1
     model = load_packed(shipped)
-    assert model.build_config.get("quantizer") is None and len(model.packed_tex) == 20
+    assert model.build_config.get("quantizer") is None and len(model.packed_codes) == 20
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     future = tmp_path / "future.tern"

@@ -299,7 +299,7 @@ def layer_zero_range(path: str) -> tuple[float, float]:
 
     model = load_packed(path)
     state = model.state_dict()
-    zeros = [float((state[f"{name}.weight"] == 0).float().mean()) for name in model.packed_tex]
+    zeros = [float((state[f"{name}.weight"] == 0).float().mean()) for name in model.packed_codes]
     return min(zeros), max(zeros)
 
 

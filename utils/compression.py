@@ -25,14 +25,14 @@ from .export import packed_size
 def ternary_tex(model: nn.Module) -> dict[str, int]:
     """{layer name: t_ex} for every ternarized layer, live or loaded from a packed file."""
     found = {name: module.tex for name, module in model.named_modules() if isinstance(module, TernaryLayerMixin)}
-    return found or dict(getattr(model, "packed_tex", {}))
+    return found or {name: codes.tex for name, codes in getattr(model, "packed_codes", {}).items()}
 
 
 def ternary_scale_counts(model: nn.Module) -> dict[str, int]:
     """{layer name: scales its output multiplies by} (t_ex; 2 for TTQ), live or packed."""
     found = {name: module.scale_count for name, module in model.named_modules()
              if isinstance(module, TernaryLayerMixin)}
-    return found or dict(getattr(model, "packed_scale_counts", {}))
+    return found or {name: codes.scale_count for name, codes in getattr(model, "packed_codes", {}).items()}
 
 
 def _effective_weight(module: nn.Module) -> torch.Tensor:

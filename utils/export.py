@@ -36,6 +36,7 @@ import json
 import math
 import struct
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -239,10 +240,28 @@ def _decode_entry(entry: dict, blob: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy()).view(entry["shape"])
 
 
+class PackedCodes(NamedTuple):
+    """A ternary layer as a packed file stores it (see the module docstring)."""
+    digits: np.ndarray
+    alphas: list[float]
+    shape: list[int]
+    negative_alphas: list[float] | None
+
+    @property
+    def tex(self) -> int:
+        return len(self.alphas)
+
+    @property
+    def scale_count(self) -> int:
+        """Scales its output multiplies by: t_ex, or TTQ's two."""
+        return len(self.alphas) + len(self.negative_alphas or [])
+
+
 def packed_terms(model: nn.Module) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
     """digit_terms of every ternary weight of a model built by load_packed, by state_dict key
     (empty for any other model): what the ONNX export stores as int4 codes."""
-    return {name: digit_terms(*codes) for name, codes in getattr(model, "packed_digits", {}).items()}
+    return {f"{name}.weight" if name else "weight": digit_terms(*codes)
+            for name, codes in getattr(model, "packed_codes", {}).items()}
 
 
 def load_packed(path: str) -> nn.Module:
@@ -256,7 +275,7 @@ def load_packed(path: str) -> nn.Module:
     if config.get("arch") not in ARCHS:
         raise UserError(f"{path} names an unknown arch {config.get('arch')!r}")
     model = ARCHS[config["arch"]].builder(num_classes=config["num_classes"], in_channels=config["in_channels"])
-    state, digits = {}, {}
+    state, codes = {}, {}
     for entry in header["tensors"]:
         expected = _expected_nbytes(entry, encoding)
         if entry["nbytes"] != expected or entry["offset"] + expected > len(payload):
@@ -265,21 +284,17 @@ def load_packed(path: str) -> nn.Module:
         if entry["kind"] != "ternary":
             state[entry["name"]] = _decode_entry(entry, blob)
             continue
-        codes = (unpack_digits(blob, math.prod(entry["shape"]), entry["base"], entry["group"], entry["group_bits"]),
-                 entry["alphas"], entry["shape"], entry.get("negative_alphas"))
-        digits[entry["name"]] = codes
-        state[entry["name"]] = decode_ternary(*codes)
+        layer = PackedCodes(unpack_digits(blob, math.prod(entry["shape"]), entry["base"], entry["group"],
+                                          entry["group_bits"]), entry["alphas"], entry["shape"],
+                            entry.get("negative_alphas"))
+        codes[entry["name"].rpartition(".")[0]] = layer
+        state[entry["name"]] = decode_ternary(*layer)
     model.load_state_dict(state, strict=True)
-    model.packed_digits = digits
+    model.packed_codes = codes  # by layer name
     model.build_config = config
     model.input_shape = tuple(header.get("input_shape") or (config["in_channels"], None, None))
-    model.packed_tex = {entry["name"].rpartition(".")[0]: (entry["base"] - 1) // 2
-                        for entry in header["tensors"] if entry["kind"] == "ternary"}
     model.packed_tfactors = {entry["name"].rpartition(".")[0]: entry.get("tfactors")
                              for entry in header["tensors"] if entry["kind"] == "ternary"}
-    model.packed_scale_counts = {entry["name"].rpartition(".")[0]: len(entry["alphas"])
-                                 + len(entry.get("negative_alphas") or [])
-                                 for entry in header["tensors"] if entry["kind"] == "ternary"}
     return model.eval()
 
 
