@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 
 import models
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import check_recorded_args, load_checkpoint
 from utils.compression import compression_report, format_report
-from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info
+from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info, ensure_data
 from utils.distributed import (DistributedContext, init_distributed, is_peer_failure, launched_by_torchrun,
                                peer_failure, shutdown)
 from utils.errors import UserError
@@ -46,7 +46,7 @@ from utils.model_loader import ModelChoice, build_model, file_format, load_model
 from utils.onnx_export import is_onnx_file
 from utils.resume import OptimizerSettings, TrainingState, resume_training
 from utils.results import model_statistics, run_record
-from utils.run_folder import claim_run_folder, holds_training_run
+from utils.run_folder import claim_run_folder, holds_training_run, read_record
 from utils.signals import Interrupted, StopSignals
 from utils.training import TrainConfig, fit, make_optimizer, make_scheduler, repair_best_model
 
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "'torchvision' to download torchvision's ImageNet weights of the arch (ResNets)")
     optim = parser.add_argument_group("optimisation (unset: the data set's recipe, see the top)")
     optim.add_argument("--epochs", type=int, default=None,
-                       help="training length; the recipe's lr steps are scaled to it unless --schedule is given")
+                       help="training length; without --schedule the recipe's lr steps are kept when they all fall "
+                            "before it, else scaled to the same fractions of it")
     optim.add_argument("--optimizer", choices=["SGD", "Adam"], default=None, help="SGD uses Nesterov momentum")
     optim.add_argument("--batch_size", type=int, default=None, help="images per step (per process under torchrun)")
     optim.add_argument("--learning_rate", type=float, default=None, help="initial learning rate")
@@ -399,14 +400,35 @@ def adopt_model_args(args: argparse.Namespace, checkpoint: dict) -> None:
                 setattr(args, key, saved[key])
 
 
+def adopt_recorded_dataset(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
+    """--evaluate of a checkpoint without --dataset: the data set (and, without --data_path,
+    the folder) it was trained on; with a --dataset that differs, the log says so."""
+    saved = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    trained_on = saved.get("dataset")
+    if trained_on is None or trained_on == args.dataset:
+        return
+    if "dataset" in args.explicit:
+        log(f"=> {args.resume} was trained on {trained_on}; evaluating it on --dataset {args.dataset}")
+        return
+    args.dataset = trained_on
+    if "data_path" not in args.explicit and isinstance(saved.get("data_path"), str):
+        args.data_path = saved["data_path"]
+    if "save_path" not in args.explicit:
+        args.save_path = default_evaluation_path(args)
+    log(f"=> evaluating on {trained_on}, the data set {args.resume} was trained on (--dataset chooses another)")
+
+
 def read_resume_checkpoint(args: argparse.Namespace, kind: str | None, log: Callable[[str], None]) -> dict | None:
     """The --resume checkpoint (not a packed or ONNX file). A continued run takes its
     settings and, without --save_path, its folder; anything else takes its network."""
     if kind != "checkpoint":
         return None
     checkpoint = load_checkpoint(args.resume)
+    check_recorded_args(checkpoint, args.resume)
     if args.evaluate or args.fine_tune or args.export:
         adopt_model_args(args, checkpoint)
+        if args.evaluate:
+            adopt_recorded_dataset(args, checkpoint, log)
     else:
         adopt_checkpoint_args(args, checkpoint, log)
         if "save_path" not in args.explicit:
@@ -426,12 +448,27 @@ def resume_kind(args: argparse.Namespace) -> str | None:
     return kind
 
 
-def claim_folder(args: argparse.Namespace, context: DistributedContext):
+def continues_run_in_folder(args: argparse.Namespace, checkpoint: dict | None) -> bool:
+    """Whether this run continues the run in --save_path: --resume names a file in that
+    folder, written by the same run (a first epoch recorded alike). A checkpoint of another
+    run copied into the folder is refused: resuming it would replace that run's files."""
+    if not args.resume or args.fine_tune or args.evaluate or (
+            os.path.dirname(os.path.abspath(args.resume)) != os.path.abspath(args.save_path)):
+        return False
+    recorded = (read_record(args.save_path) or {}).get("history")
+    own = (checkpoint or {}).get("history")
+    if recorded and own and recorded[0] != own[0]:
+        raise UserError(f"{args.resume} belongs to another run than the one in {args.save_path} (their first epochs "
+                        "differ); resuming it there would replace that run's checkpoints and results.json: give it "
+                        "a folder of its own with --save_path NEW_FOLDER")
+    return True
+
+
+def claim_folder(args: argparse.Namespace, context: DistributedContext, checkpoint: dict | None):
     """The run folder, locked by the main process (see utils/run_folder.py)."""
     if not context.is_main:
         return contextlib.nullcontext()
-    resuming = bool(args.resume) and not args.fine_tune and (
-        os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(args.save_path))
+    resuming = continues_run_in_folder(args, checkpoint)
     return claim_run_folder(args.save_path, "evaluate" if args.evaluate else "train", resuming=resuming,
                             overwrite=args.overwrite, inputs=(args.resume, args.pretrained))
 
@@ -493,6 +530,12 @@ def report_compression(args: argparse.Namespace, model: nn.Module, info: Dataset
 def run_evaluation(args: argparse.Namespace, model: nn.Module, kind: str | None, info: DatasetInfo, test_loader,
                    device: torch.device, context: DistributedContext, logger, started: float) -> None:
     """--evaluate of a checkpoint, a packed file, an ONNX file or --pretrained weights."""
+    non_finite = [name for name, tensor in unwrap(model).state_dict().items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if non_finite and context.is_main:
+        logger.warning(f"warning: {args.resume or args.pretrained} holds NaN or Inf values in {len(non_finite)} "
+                       f"tensors ({', '.join(non_finite[:3])}{', ...' if len(non_finite) > 3 else ''}); its "
+                       "predictions are not meaningful")
     result = evaluate(model, test_loader, device, precision(args), context.is_main)
     if not context.is_main:
         return
@@ -559,10 +602,11 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
     if args.export:
         run_export(args, kind, checkpoint, device, context)
         return
-    with claim_folder(args, context) as folder_notes:
+    info = dataset_info(args.dataset, args.data_path, notes.append, args.cache_dir)
+    ensure_data(args.dataset, args.data_path, include_train=not args.evaluate)
+    with claim_folder(args, context, checkpoint) as folder_notes:
         logger = start_logging(args, device, context, notes + (folder_notes or []))
         seed_everything(args.manualSeed)
-        info = dataset_info(args.dataset, args.data_path, logger.info, args.cache_dir)
         model = load_run_model(args, kind, checkpoint, info, device, logger)
         state = TrainingState(args.start_epoch)
         if not args.evaluate:
@@ -589,6 +633,9 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
         if args.evaluate:
             run_evaluation(args, model, kind, info, test_loader, loader_device, context, logger, started)
             return
+        logger.info(f"=> {args.optimizer} lr {args.learning_rate:g}, " + (", ".join(
+            f"×{gamma:g} at epoch {step}" for step, gamma in zip(args.schedule, args.gammas)) or "no lr steps")
+            + f", weight decay {args.decay:g}, batch {args.batch_size}, {args.epochs} epochs")
         config = TrainConfig(save_path=args.save_path, epochs=args.epochs, arch=args.arch, dataset=args.dataset,
                              input_shape=input_shape(info), args=recorded_args(args), precision=precision(args),
                              print_freq=args.print_freq, auto_thresholds=args.auto_thresholds,

@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import signal
+import socket
 
 import numpy as np
 from PIL import Image
@@ -13,6 +14,14 @@ from tools.precision import fastest_precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs", "1", "--subset", "256", "--print_freq", "1000"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that no process listens on now (the OS picks it), for torchrun's
+    rendezvous: a fixed port collides with other test runs on a shared machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def fastest_precision_flags() -> list[str]:

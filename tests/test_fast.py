@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 import main
+from helpers import free_port
 from models import get_model
 from models.ternary import TernConv2d, ternary_weight
 from utils.data import DATASETS, TensorLoader, random_crop, random_flip
@@ -18,10 +19,10 @@ from utils.data import DATASETS, TensorLoader, random_crop, random_flip
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def torchrun(nproc, args, port):
+def torchrun(nproc, args):
     """Run main.py under torchrun with `nproc` CPU processes (gloo); returns stdout+stderr."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(port), "main.py", "--device", "cpu", *args]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "main.py", "--device", "cpu", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -31,7 +32,7 @@ def torchrun(nproc, args, port):
 @pytest.fixture(scope="module")
 def distributed_run(tmp_path_factory):
     save = str(tmp_path_factory.mktemp("ddp"))
-    torchrun(2, ["--batch_size", "64", "--save_path", save], port=29571)
+    torchrun(2, ["--batch_size", "64", "--save_path", save])
     return save
 
 
@@ -59,8 +60,8 @@ def test_sharded_evaluation_is_exact(distributed_run, tmp_path):
 def test_distributed_resume_continues_the_run(tmp_path):
     save = str(tmp_path / "run")
     schedule = ["--schedule", "1", "--gammas", "0.1", "--batch_size", "64", "--save_path", save]
-    torchrun(2, ["--epochs", "2", *schedule], port=29572)
-    out = torchrun(2, ["--epochs", "3", "--resume", os.path.join(save, "checkpoint.pth.tar"), *schedule], port=29573)
+    torchrun(2, ["--epochs", "2", *schedule])
+    out = torchrun(2, ["--epochs", "3", "--resume", os.path.join(save, "checkpoint.pth.tar"), *schedule])
     assert "resumed" in out
     results = json.load(open(os.path.join(save, "results.json")))
     lr_after_the_step = main.RECIPES["small"]["learning_rate"] * 0.1

@@ -18,7 +18,7 @@ import main
 from utils import checkpoint as checkpoint_module
 from utils import files as files_module
 from utils import training as training_module
-from helpers import QUICK, ROOT, results, run_main, write_idx, write_mnist
+from helpers import QUICK, ROOT, free_port, results, run_main, write_idx, write_mnist
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +336,7 @@ def test_signal_during_a_save_finishes_the_save_then_stops(tmp_path, monkeypatch
 def test_sigterm_stops_every_rank_of_a_torchrun_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                "--master_port", "29533", "main.py", "--device", "cpu", "--epochs", "30",
+                                "--master_port", str(free_port()), "main.py", "--device", "cpu", "--epochs", "30",
                                 "--batch_size", "16", "--print_freq", "5", "--save_path", str(tmp_path / "ddp")],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for_line(process, r"^epoch   1/30")

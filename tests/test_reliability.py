@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import main
-from helpers import QUICK, ROOT, results, run_main, write_folder, write_idx, write_mnist
+from helpers import QUICK, ROOT, free_port, results, run_main, write_folder, write_idx, write_mnist
 from utils import run_folder as run_folder_module
 from utils import training as training_module
 from utils.errors import UserError
@@ -143,18 +143,21 @@ def test_07_wall_time_adds_up_over_processes_and_epochs_never_shrink(finished_ru
 
 # --- 8-10: a failed start blocks its retry ------------------------------------------------------
 
+def start_refused_after_the_folder_is_claimed(folder):
+    """A start that fails once its log is open (pretrained weights that do not fit), before any epoch."""
+    torch.save({"x": torch.zeros(1)}, folder.parent / "unfit.pth")
+    assert main.main(["--save_path", str(folder), "--pretrained", str(folder.parent / "unfit.pth")]) == 2
+
+
 def leftovers_of_a_kill_in_epoch_1(folder):
-    main.main(["--save_path", str(folder), "--dataset", "mnist", "--data_path", str(folder.parent / "absent")])
+    start_refused_after_the_folder_is_claimed(folder)
     (folder / "tb_log").mkdir(exist_ok=True)
     (folder / "tb_log" / "events.out.tfevents.1").write_bytes(b"x")
     (folder / "results.json").write_text('{"mode": "train", "status": "running", "epochs_done": 0}')
 
 
-@pytest.mark.parametrize("failed_start", [
-    lambda folder: main.main(["--save_path", str(folder), "--dataset", "mnist", "--data_path",
-                              str(folder.parent / "absent")]),
-    leftovers_of_a_kill_in_epoch_1,
-], ids=["missing data", "killed in epoch 1"])
+@pytest.mark.parametrize("failed_start", [start_refused_after_the_folder_is_claimed, leftovers_of_a_kill_in_epoch_1],
+                         ids=["refused start", "killed in epoch 1"])
 def test_08_a_folder_without_a_checkpoint_is_reused(tmp_path, capsys, failed_start):
     folder = tmp_path / "run"
     failed_start(folder)
@@ -235,10 +238,10 @@ def test_14_a_symlink_loop_in_an_image_folder_is_one_line(tmp_path, capsys, loop
     assert code == 2 and "loop" in err and "symbolic links" in err, err
 
 
-def torchrun(folder, *extra, port):
+def torchrun(folder, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(port), "main.py", "--device", "cpu", "--epochs", "30",
+                             "--master_port", str(free_port()), "main.py", "--device", "cpu", "--epochs", "30",
                              "--batch_size", "16", "--print_freq", "5", "--save_path", str(folder), *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -269,7 +272,7 @@ def main_py_frames(err):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 def test_15_when_a_rank_dies_the_survivor_says_one_line_and_marks_the_run(tmp_path):
     folder = tmp_path / "ddp"
-    process = torchrun(folder, port=29541)
+    process = torchrun(folder)
     for line in process.stdout:
         if line.startswith("epoch   1/30"):
             break
@@ -287,7 +290,7 @@ def test_15_when_a_rank_dies_the_survivor_says_one_line_and_marks_the_run(tmp_pa
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 def test_15_a_rank_that_cannot_start_leaves_no_traceback(tmp_path):
-    process = torchrun("/proc/nonexistent/x", port=29543)
+    process = torchrun("/proc/nonexistent/x")
     _, err = process.communicate(timeout=180)
     assert process.returncode != 0 and "cannot write /proc/nonexistent/x" in err
     assert not main_py_frames(err), err

@@ -7,6 +7,7 @@ import pytest
 
 from tools import report
 from tools.precision import fastest_precision
+from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -231,7 +232,7 @@ def test_readme_block_is_replaced_in_place(tmp_path):
     assert report.update_document(str(doc), "cifar10", "| new |")
     assert doc.read_text() == "intro\n<!-- table:cifar10 (how) -->\n| new |\n<!-- /table:cifar10 -->\nend\n"
     assert not report.update_document(str(doc), "cifar10", "| new |")
-    with pytest.raises(ValueError, match="no <!-- table:other"):
+    with pytest.raises(UserError, match="no <!-- table:other"):
         report.update_document(str(doc), "other", "x")
 
 

@@ -35,8 +35,9 @@ import torch
 import torch.nn as nn
 
 from models import ARCHS, get_model, optimize_model_thresholds
+from utils.cli import command, command_parser, positive_int
 from utils.data import DATASETS, TensorLoader
-from utils.hardware import fast_bf16
+from utils.hardware import fast_bf16, select_device
 
 VARIANTS = {"full precision": None, "ternary": 1, "REL t_ex=2": 2, "REL t_ex=4": 4}
 CIFAR_TRAIN_STEPS_PER_EPOCH = 391  # 50,000 images, batch 128
@@ -268,21 +269,27 @@ def format_table(results: dict[str, dict[str, float]], batch_size: int, memory: 
 
 
 def parse_model(spec: str) -> tuple[str, int, int]:
-    arch, batch_size, image_size = spec.split(":")
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected ARCH:BATCH:SIZE, e.g. resnet20:128:32, got {spec!r}")
+    arch, batch_size, image_size = parts
     if arch not in ARCHS:
         raise argparse.ArgumentTypeError(f"unknown arch {arch}")
-    return arch, int(batch_size), int(image_size)
+    return arch, positive_int(batch_size), positive_int(image_size)
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--models", nargs="+", type=parse_model, default=[("resnet20", 128, 32), ("resnet18", 16, 224)],
                         metavar="ARCH:BATCH:SIZE", help="full-precision archs to compare against their ternary twins")
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant (median reported)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--data_steps", type=int, default=30, help="training steps timed on the data pipeline")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=positive_int, default=20, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=positive_int, default=3)
+    parser.add_argument("--data_steps", type=positive_int, default=30, help="training steps timed on the data pipeline")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: the GPU when there is one, else the CPU")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--modes_only", action="store_true",
                         help="only the fp32 / bf16 / channels_last / compile table of ResNet-20")
     parser.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_probe:
         _memory_probe(args.memory_probe)
         return
-    device = torch.device(args.device)
+    device = select_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; torch {torch.__version__}; medians of {args.repeats} steps after {args.warmup} warm-up")
     print("\nresnet20, batch 128, 32×32: precision, memory format and compilation"
@@ -321,4 +328,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,24 +6,29 @@ temporary packed file and compared with its fp32 state_dict file.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 
 import torch
 
-from models import ARCHS, get_model
+from models import ARCHS, get_model, list_archs
+from utils.cli import command, command_parser
 from utils.compression import compression_report
+from utils.errors import UserError
 from utils.export import export_packed
 
 DEFAULT_ARCHS = ["tern_resnet20", "resnet18b_ff_lf_tex1", "resnet18b_fq_lq_tex1", "resnet18b_fq_lq_tern_tex_2",
                  "resnet18b_fq_lq_tern_tex_4"]
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("archs", nargs="*", default=DEFAULT_ARCHS, help="registered arch names")
     args = parser.parse_args(argv)
+    unknown = [repr(arch) for arch in args.archs if arch not in ARCHS]
+    if unknown:
+        raise UserError(f"unknown arch {', '.join(unknown)}; valid archs: {', '.join(list_archs())}")
     print("| arch | fp32 state_dict (B) | packed (B) | ratio | MACs/image | non-zero | multiplications |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
@@ -39,4 +44,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

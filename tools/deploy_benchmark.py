@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,9 +36,9 @@ import torch
 import torch.nn as nn
 
 import models
+from utils.cli import command, command_parser, positive_int
 from utils.data import build_loaders, dataset_info
 from utils.evaluation import evaluate
-from utils.errors import UserError
 from utils.model_loader import ModelChoice, build_model, load_model
 from utils.onnx_export import OnnxModel, export_onnx
 
@@ -146,23 +145,18 @@ def benchmark_model(args: argparse.Namespace, info) -> nn.Module:
     return build_model(ModelChoice(args.arch), info).eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@command
+def main(argv: list[str] | None = None) -> None:
+    parser = command_parser(__doc__)
     parser.add_argument("--checkpoint", default=None, help="trained model to deploy (default: random --arch)")
     parser.add_argument("--arch", default="tern_resnet20")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data_path", default="./data")
-    parser.add_argument("--calibration", type=int, default=512, help="training images for the int8 ranges")
-    parser.add_argument("--repeats", type=int, default=50, help="timed calls per engine and batch size")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--calibration", type=positive_int, default=512, help="training images for the int8 ranges")
+    parser.add_argument("--repeats", type=positive_int, default=50, help="timed calls per engine and batch size")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--resnet18", action="store_true", help="also time ResNet-18 (fully ternarized) at 224×224")
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    run(parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -12,14 +12,14 @@
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
 import torch
 import torch.nn as nn
 
+from utils.cli import command, command_parser, positive_int, read_json
 from utils.data import build_loaders, dataset_info
+from utils.errors import UserError
 from utils.evaluation import evaluate
 from utils.model_loader import load_model
 
@@ -37,14 +37,33 @@ def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 500
     return model.eval()
 
 
+def run_histories(folders: list[str]) -> list[list[dict]]:
+    """The per-epoch history of each finished run folder, checked before any data is read."""
+    histories = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise UserError(f"no such run folder: {folder}")
+        if not os.path.isfile(os.path.join(folder, "model_best.pth.tar")):
+            raise UserError(f"{folder} holds no trained model (model_best.pth.tar); give a training run's folder")
+        record = read_json(os.path.join(folder, "results.json"), "run record")
+        history = record.get("history") if isinstance(record, dict) else None
+        if record.get("mode", "train") != "train" or not isinstance(history, list) or not history:
+            raise UserError(f"{folder}/results.json records no training epochs; give a training run's folder")
+        histories.append(history)
+    return histories
+
+
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("full_precision", help="folder of the full-precision run")
     parser.add_argument("ternarized", help="folder of the ternarized run")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data_path", default="./data/cifar10")
-    parser.add_argument("--calibration", type=int, default=20000, help="training images for recomputing BatchNorm")
+    parser.add_argument("--calibration", type=positive_int, default=20000,
+                        help="training images for recomputing BatchNorm")
     args = parser.parse_args(argv)
+    histories = run_histories([args.full_precision, args.ternarized])
     info = dataset_info(args.dataset, args.data_path)
     train, test = build_loaders(args.dataset, args.data_path, info, 500, torch.device("cpu"), seed=0)
     clean = (train.images[:args.calibration].float() - train.mean) / train.std
@@ -56,8 +75,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label}: model_best from epoch {checkpoint.get('epoch')}: test top-1 {evaluate(model, test)['top1']:.2f}; "
               f"latent weights with |W| >= 1: {100 * clipped:.4f}%; after recomputing BatchNorm statistics on "
               f"{len(clean)} training images: {evaluate(recompute_batchnorm(model, clean), test)['top1']:.2f}")
-    histories = [json.load(open(os.path.join(folder, "results.json")))["history"]
-                 for folder in (args.full_precision, args.ternarized)]
     print("| epoch | val top-1 FP | val top-1 tern | gap | train loss FP | train loss tern | train top-1 FP | train top-1 tern |")
     print("|---|---|---|---|---|---|---|---|")
     epochs = min(len(h) for h in histories)
@@ -68,4 +85,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

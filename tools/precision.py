@@ -7,11 +7,11 @@ BF16 or AMX), else "fp32". train_CIFAR10.sh and train_ImageNet.sh use it for PRE
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
+from utils.cli import command, command_parser
 from utils.hardware import fast_bf16
 
 
@@ -21,10 +21,10 @@ def fastest_precision() -> str:
     return "bf16" if fast_bf16(device) else "fp32"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+@command
+def main(argv: list[str] | None = None) -> None:
+    command_parser(__doc__).parse_args(argv)
     print(fastest_precision())
-    return 0
 
 
 if __name__ == "__main__":

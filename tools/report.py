@@ -14,8 +14,6 @@ plots the validation curves of every training run into one PNG.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import statistics
@@ -28,6 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from models.ternary import QUANTIZERS  # noqa: E402
+from utils.cli import command, command_parser, read_json  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.files import write_text  # noqa: E402
 from utils.logging import save_figure  # noqa: E402
 
@@ -110,8 +110,9 @@ def read_run(folder: str) -> Run | None:
             return Run(folder, "?", os.path.basename(folder), None, "partial", None, 0, None, None, "?", None, None,
                        None)
         return None
-    with open(path) as f:
-        results = json.load(f)
+    results = read_json(path, "run record")
+    if not isinstance(results, dict) or not isinstance(results.get("args", {}), dict):
+        raise UserError(f"{path} is not a run record of main.py (a JSON object with its args)")
     args = results.get("args", {})
     label, seed = config_label(results), args.get("manualSeed")
     precision = run_precision(results)
@@ -288,8 +289,10 @@ def shipped_files(dataset: str, manifest: str | None = None) -> dict[str, str]:
     manifest = manifest or os.path.join(ROOT, "pretrained", dataset, "manifest.json")
     if not os.path.isfile(manifest):
         return {}
-    with open(manifest) as f:
-        entries = json.load(f)["files"]
+    entries = read_json(manifest, "manifest")
+    entries = entries.get("files") if isinstance(entries, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"name", "file"} <= e.keys() for e in entries):
+        raise UserError(f"{manifest} is not a manifest of shipped models (a 'files' list of name/file entries)")
     return {entry["name"]: os.path.join(os.path.dirname(manifest), entry["file"]) for entry in entries}
 
 
@@ -350,9 +353,14 @@ def readme_block(text: str, name: str) -> tuple[int, int]:
 
 def update_document(path: str, name: str, table: str) -> bool:
     """Replace the body of the block `name` in the document at `path`; True if it changed."""
-    with open(path) as f:
-        text = f.read()
-    start, end = readme_block(text, name)
+    try:
+        with open(path) as f:
+            text = f.read()
+        start, end = readme_block(text, name)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     updated = text[:start] + table + "\n" + text[end:]
     if updated != text:
         write_text(path, updated)
@@ -391,8 +399,9 @@ def plot_runs(runs: list[Run], path: str) -> None:
     save_figure(fig, path, dpi=110)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("roots", nargs="+", help="save folders to scan (recursively)")
     parser.add_argument("--output", default=None, help="markdown file (default: ROOT/report.md of the first root)")
     parser.add_argument("--curves", default=None, help="curves PNG (default: ROOT/curves.png of the first root)")
@@ -407,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [root for root in args.roots if not os.path.isdir(root)]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
+    for document in (args.readme, args.quantizers):
+        if document and not os.path.isfile(document):
+            raise UserError(f"{document} not found: --readme and --quantizers name an existing document whose "
+                            "<!-- table:... --> block is rewritten")
     runs = find_runs(args.roots)
     if not runs:
         print(f"no training runs (results.json or checkpoint.pth.tar) under {', '.join(args.roots)}")
@@ -428,10 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         body = make_table(runs)
         print(f"\n{body}")
-        try:
-            changed = update_document(document, block, body)
-        except ValueError as exc:
-            parser.error(f"{document}: {exc}")
+        changed = update_document(document, block, body)
         print(f"{'updated' if changed else 'unchanged'}: {what} in {document}")
     return 0
 

@@ -2,7 +2,9 @@
 # per call, with a dry-run mode, skipping of finished runs and resuming of partial ones.
 #   DRY_RUN=1    print the commands instead of running them
 #   FORCE=1      rerun finished runs (a finished run has results.json in its folder)
-# A failed run is reported and the matrix goes on; finish_matrix exits non-zero if any failed.
+# A run that fails is reported and the matrix goes on (finish_matrix exits 1 if any did); a
+# run main.py refuses (exit 2: missing data, a bad flag, a folder another run is writing to)
+# stops the matrix at once with exit 2, since the same refusal would meet every later run.
 
 FAILED_RUNS=()
 
@@ -62,7 +64,14 @@ run_one() {
         return 0
     fi
     echo "== run: ${command[*]}"
-    "${command[@]}" || FAILED_RUNS+=("$save_dir")
+    "${command[@]}"
+    local status=$?
+    if [ "$status" = 2 ]; then
+        echo "== stopped: main.py refused $save_dir (the error above); no later run was started" >&2
+        exit 2
+    elif [ "$status" != 0 ]; then
+        FAILED_RUNS+=("$save_dir")
+    fi
 }
 
 finish_matrix() {

@@ -9,15 +9,17 @@ of weights below Δ_1) under the paper's factors 0.05·k and under optimize_thre
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from models import get_model
+from models import ARCHS, get_model, list_archs
 from models.ternary import optimize_thresholds, paper_tfactors, reconstruction_error
 from utils.checkpoint import extract_state_dict, load_checkpoint
+from utils.cli import command, command_parser
+from utils.errors import UserError
 from utils.files import write_json
+from utils.model_loader import file_format
 
 TEX_VALUES = (1, 2, 4)
 
@@ -89,19 +91,32 @@ def format_threshold_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def latent_weights(checkpoint_path: str | None, arch: str, seed: int) -> dict[str, torch.Tensor]:
+    """The latent weights to analyse: a training checkpoint's, or `arch` with seeded random weights."""
+    if checkpoint_path is None:
+        if arch not in ARCHS:
+            raise UserError(f"unknown --arch {arch!r}; valid archs: {', '.join(list_archs())}")
+        torch.manual_seed(seed)
+        return quantizable_weights(get_model(arch).state_dict())
+    kind = file_format(checkpoint_path)
+    if kind != "checkpoint":
+        raise UserError(f"{checkpoint_path} is {'a packed .tern' if kind == 'packed' else 'an ONNX'} inference file: "
+                        "its weights are already ternary; give the training checkpoint it came from "
+                        "(e.g. model_best.pth.tar)")
+    return quantizable_weights(extract_state_dict(load_checkpoint(checkpoint_path)))
+
+
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--checkpoint", default=None, help="checkpoint or state_dict file to analyse")
     parser.add_argument("--arch", default="resnet18", help="without --checkpoint: this arch with random weights")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")
     args = parser.parse_args(argv)
-    if args.checkpoint:
-        state_dict = extract_state_dict(load_checkpoint(args.checkpoint))
-    else:
-        torch.manual_seed(args.seed)
-        state_dict = get_model(args.arch).state_dict()
-    weights = quantizable_weights(state_dict)
+    weights = latent_weights(args.checkpoint, args.arch, args.seed)
+    if not weights:
+        raise UserError(f"{args.checkpoint or args.arch} has no conv or linear weights to ternarize")
     report = threshold_report(weights)
     print(format_threshold_report(report))
     print(f"\n{len(weights)} layers, {sum(w.numel() for w in weights.values()):,} weights; optimize_thresholds "
@@ -111,4 +126,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import _compat_pickle
 import io
+import math
 import os
 import pickle
 import pickletools
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -20,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models import set_layer_bias_copies, set_layer_tfactors, use_reference_rel_bias
+from models import ARCHS, QUANTIZERS, set_layer_bias_copies, set_layer_tfactors, use_reference_rel_bias
 
+from .data import DATASETS
 from .errors import UserError
 from .files import write_bytes
 
@@ -128,7 +131,9 @@ def load_checkpoint(path: str) -> dict:
     if os.path.getsize(path) == 0:
         raise UserError(f"cannot read checkpoint {path}: the file is empty")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            # torch warns about any pickle protocol but 2 before refusing or loading it; the outcome is what counts
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         offending = unsafe_globals(path)
@@ -143,6 +148,56 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(checkpoint, Mapping):
         raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict or state_dict")
     return dict(checkpoint)
+
+
+def _finite_list(value, positive: bool = False) -> bool:
+    return isinstance(value, list) and all(
+        type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in value)
+
+
+# What a value main.py records in a checkpoint's args must be, for the settings that build
+# the network or define the run (an absent key is fine: older files lack newer flags).
+_RECORDED_ARGS = {
+    "arch": lambda v: v in ARCHS,
+    "dataset": lambda v: v in DATASETS,
+    "tex": lambda v: v is None or (type(v) is int and 1 <= v <= 64),
+    "tfactors": lambda v: v is None or (_finite_list(v, positive=True) and bool(v)),
+    "auto_thresholds": lambda v: isinstance(v, bool),
+    "quantizer": lambda v: v in QUANTIZERS,
+    "first_last": lambda v: v in (None, "tern", "fp"),
+    "epochs": lambda v: type(v) is int and v >= 1,
+    "batch_size": lambda v: type(v) is int and v >= 1,
+    "learning_rate": lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
+    "momentum": lambda v: type(v) in (int, float) and 0 <= v < 1,
+    "decay": lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0,
+    "schedule": lambda v: isinstance(v, list) and all(type(m) is int and m >= 1 for m in v),
+    "gammas": lambda v: _finite_list(v, positive=True),
+    "manualSeed": lambda v: type(v) is int and 0 <= v < 2 ** 32,
+    "subset": lambda v: v is None or (type(v) is int and v >= 1),
+}
+
+
+def check_recorded_args(checkpoint: Mapping, path: str) -> None:
+    """A checkpoint of this project records what it was trained with; a value no run of
+    this project can have (an unknown arch, NaN threshold factors, an epoch past the run's
+    length) means the file was damaged or edited: a UserError naming the key."""
+    saved = checkpoint.get("args")
+    if saved is None:
+        return
+    if not isinstance(saved, Mapping):
+        raise UserError(f"{path} records its settings as a {type(saved).__name__}, not a dict; the file is damaged")
+    for key, valid in _RECORDED_ARGS.items():
+        if key in saved and not valid(saved[key]):
+            raise UserError(f"{path} records {key} = {saved[key]!r}, which no run of this project has; the checkpoint "
+                            "is damaged or was edited")
+    arch = checkpoint.get("arch")
+    if arch is not None and arch not in ARCHS:
+        raise UserError(f"{path} records arch {arch!r}, which no run of this project has; the checkpoint is damaged "
+                        "or was edited")
+    epoch, epochs = checkpoint.get("epoch"), saved.get("epochs")
+    if epoch is not None and not (type(epoch) is int and 0 <= epoch <= (epochs if type(epochs) is int else epoch)):
+        raise UserError(f"{path} records epoch {epoch!r} of a {epochs}-epoch run; the checkpoint is damaged or was "
+                        "edited")
 
 
 def save_checkpoint(state: dict, path: str) -> None:

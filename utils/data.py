@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .files import missing_folders
 from .image_folders import is_image_folder, load_image_folder
 
 if TYPE_CHECKING:
@@ -273,17 +274,55 @@ def load_mnist_like(name: str, data_path: str) -> tuple[torch.Tensor, ...]:
     return train.data[:, None], train.targets.long(), test.data[:, None], test.targets.long()
 
 
+# Where a data set that torchvision downloads can come from when there is no network.
+_OFFLINE_HINTS = {
+    "cifar10": "; without a network, give --data_path an image-folder copy (train/<class>/*.png|jpg and "
+               "test/<class>/...), e.g. after `tar xzf cifar10-jpeg.tar.gz -C data`: --data_path data/cifar10-jpeg",
+    "cifar100": "; without a network, give --data_path an image-folder copy (train/<class>/ and test/<class>/)",
+    "mnist": "; without a network, put the four IDX files (train-images-idx3-ubyte[.gz], ...) in --data_path",
+    "fashion_mnist": f"; without a network, install Debian's dataset-fashion-mnist ({DEBIAN_FASHION_MNIST}) or put "
+                     "the four IDX files in --data_path",
+}
+
+
 def _torchvision_dataset(dataset_class, root: str, train: bool, label: str):
-    """torchvision's data set from `root`, downloading it when it is missing and the network allows."""
+    """torchvision's data set from `root`, downloading it when it is missing and the network
+    allows; a failed download removes the folders it created and names the offline way."""
     try:
         return dataset_class(root, train=train, download=False)
     except RuntimeError:
         pass
+    created = missing_folders(root)
     try:
         return dataset_class(root, train=train, download=True)
     except Exception as exc:  # network errors come in many types
+        for folder in reversed(created):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: part of the download arrived, keep it for the next try
+                break
         raise UserError(f"{label} not found under {root} and could not be downloaded "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                        f"{_OFFLINE_HINTS.get(label, '')}") from None
+
+
+def ensure_data(name: str, data_path: str, include_train: bool = True) -> None:
+    """Check (downloading where torchvision can) that the data set is at data_path before a
+    run writes anything, so that missing data is one error line and no run folder."""
+    if name in ("cifar10", "cifar100"):
+        if not is_image_folder(data_path):
+            import torchvision
+
+            dataset_class = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+            for train in (True, False):
+                _torchvision_dataset(dataset_class, data_path, train=train, label=name)
+    elif name in ("mnist", "fashion_mnist"):
+        load_mnist_like(name, data_path)
+    elif name == "imagenet":
+        for split in ("train", "val") if include_train else ("val",):
+            if not os.path.isdir(os.path.join(data_path, split)):
+                raise UserError(f"imagenet expects an ImageFolder at {os.path.join(data_path, split)} (one sub-folder "
+                                "of images per class)")
 
 
 def load_cifar(name: str, data_path: str, log: Callable[[str], None] = print,

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from models import ARCHS
-from models.ternary import TTQ_SCALES, ternary_layers
+from models.ternary import QUANTIZERS, TTQ_SCALES, ternary_layers
 
 from .errors import UserError
 from .files import write_bytes
@@ -55,6 +55,7 @@ READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sHI")
 _DIGEST_BYTES = 32
 ENCODINGS = ("dense", "2bit")
+MAX_HEADER_BYTES = 16 << 20  # a header decompresses to at most this: ResNet-101's is about 40 KiB
 
 
 def is_packed_file(path: str) -> bool:
@@ -222,10 +223,97 @@ def _read_verified(path: str) -> tuple[dict, memoryview]:
     if _PREFIX.size + header_len > len(body):
         raise UserError(f"{path} has a header longer than the file")
     try:
-        header = json.loads(zlib.decompress(body[_PREFIX.size:_PREFIX.size + header_len]))
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(body[_PREFIX.size:_PREFIX.size + header_len], MAX_HEADER_BYTES)
+        if inflater.unconsumed_tail:
+            raise UserError(f"{path} has a header of more than {MAX_HEADER_BYTES >> 20} MiB uncompressed; "
+                            "no model this project writes comes near that, so the file is refused")
+        header = json.loads(text)
     except (zlib.error, ValueError) as exc:
         raise UserError(f"{path} has an unreadable header ({exc})") from exc
+    check_header(header, path)
     return header, memoryview(body)[_PREFIX.size + header_len:]
+
+
+def _is_int(value, low: int = 0, high: int | None = None) -> bool:
+    return type(value) is int and value >= low and (high is None or value <= high)
+
+
+def _finite_numbers(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        type(v) in (int, float) and math.isfinite(v) for v in value)
+
+
+def _entry_problem(entry) -> str | None:
+    """What is wrong with one tensor entry of the header, or None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return "a tensor entry without a name"
+    name, kind, shape = entry["name"], entry.get("kind"), entry.get("shape")
+    if kind not in ("fp32", "int64", "ternary"):
+        return f"tensor {name} has an unknown kind {kind!r}"
+    if not isinstance(shape, list) or not all(_is_int(d, 0, 1 << 31) for d in shape):
+        return f"tensor {name} has no valid shape"
+    if not _is_int(entry.get("offset")) or not _is_int(entry.get("nbytes")):
+        return f"tensor {name} has no valid offset/nbytes"
+    if kind != "ternary":
+        return None
+    base, group, group_bits = entry.get("base"), entry.get("group"), entry.get("group_bits")
+    if not (_is_int(base, 3, 255) and base % 2 == 1):
+        return f"ternary tensor {name} has base {base!r} (an odd number from 3: 2·t_ex + 1)"
+    if not (_is_int(group, 1, 64) and _is_int(group_bits, 1, 63) and base ** group <= 2 ** group_bits):
+        return f"ternary tensor {name} packs {group!r} digits of base {base} into {group_bits!r} bits"
+    alphas, negative = entry.get("alphas"), entry.get("negative_alphas")
+    if not _finite_numbers(alphas) or len(alphas) != base // 2:
+        return f"ternary tensor {name} needs {base // 2} finite scales (alphas), has {alphas!r}"
+    if negative is not None and not (_finite_numbers(negative) and len(negative) == 1 and len(alphas) == 1):
+        return f"ternary tensor {name} has invalid negative scales {negative!r}"
+    return None
+
+
+def check_header(header, path: str) -> None:
+    """The decoded header against the format's schema (module docstring): a file edited
+    with a recomputed checksum is refused here, in one line, before anything is built."""
+    if not isinstance(header, dict) or not isinstance(header.get("config"), dict) or not isinstance(
+            header.get("tensors"), list):
+        raise UserError(f"{path}: the header lacks its config or tensor list")
+    config = header["config"]
+    problems = [
+        (config.get("arch") in ARCHS, f"names an unknown arch {config.get('arch')!r}"),
+        (_is_int(config.get("num_classes"), 1, 1 << 20), f"has num_classes {config.get('num_classes')!r}"),
+        (_is_int(config.get("in_channels"), 1, 1 << 12), f"has in_channels {config.get('in_channels')!r}"),
+        (config.get("quantizer", "paper") in QUANTIZERS, f"names an unknown quantizer {config.get('quantizer')!r}"),
+        (header.get("encoding") in ENCODINGS, f"has an unknown encoding {header.get('encoding')!r}"),
+        ("input_shape" not in header or (isinstance(header["input_shape"], list) and len(header["input_shape"]) == 3
+                                         and all(_is_int(d, 1, 1 << 16) for d in header["input_shape"])),
+         f"has input_shape {header.get('input_shape')!r}"),
+    ]
+    for ok, problem in problems:
+        if not ok:
+            raise UserError(f"{path} {problem}; the file was edited or is not a packed model of this project")
+    for entry in header["tensors"]:
+        problem = _entry_problem(entry)
+        if problem:
+            raise UserError(f"{path}: {problem}; the file was edited or is not a packed model of this project")
+
+
+def _check_tensors_fit(header: dict, path: str) -> None:
+    """The header's tensors are exactly the arch's state_dict (names, shapes, kinds),
+    checked on a model without storage (meta device), so a huge edited shape allocates nothing."""
+    config = header["config"]
+    with torch.device("meta"):
+        expected = ARCHS[config["arch"]].builder(num_classes=config["num_classes"],
+                                                 in_channels=config["in_channels"]).state_dict()
+    given = {entry["name"]: entry for entry in header["tensors"]}
+    if len(given) != len(header["tensors"]) or given.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
+        raise UserError(f"{path}: its tensors do not match {config['arch']} (missing: {', '.join(missing[:3]) or '-'}; "
+                        f"unexpected or repeated: {', '.join(extra[:3]) or '-'})")
+    for name, tensor in expected.items():
+        entry = given[name]
+        kind_ok = (entry["kind"] == "int64") != tensor.is_floating_point()
+        if list(tensor.shape) != entry["shape"] or not kind_ok:
+            raise UserError(f"{path}: tensor {name} is {entry['kind']} {entry['shape']}, but {config['arch']} has "
+                            f"{tensor.dtype} {list(tensor.shape)}")
 
 
 def _expected_nbytes(entry: dict, encoding: str) -> int:
@@ -272,8 +360,7 @@ def load_packed(path: str) -> nn.Module:
     latent weights are not in the file, and inference needs nothing else."""
     header, payload = _read_verified(path)
     config, encoding = header["config"], header["encoding"]
-    if config.get("arch") not in ARCHS:
-        raise UserError(f"{path} names an unknown arch {config.get('arch')!r}")
+    _check_tensors_fit(header, path)
     model = ARCHS[config["arch"]].builder(num_classes=config["num_classes"], in_channels=config["in_channels"])
     state, codes = {}, {}
     for entry in header["tensors"]:

@@ -28,6 +28,15 @@ def temporary_path(path: str) -> str:
     return os.path.join(directory, f".{name}.{os.getpid()}{TEMPORARY_SUFFIX}")
 
 
+def missing_folders(path: str) -> list[str]:
+    """The folders os.makedirs(path) would create (the missing part of the path), outermost first."""
+    missing, folder = [], os.path.abspath(path)
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing[::-1]
+
+
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of this project's unfinished atomic writes."""
     return name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from .errors import UserError
 from .files import write_bytes
@@ -97,6 +98,9 @@ def _decode(path: str) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image = image.convert("L" if image.mode in GRAYSCALE_MODES else "RGB")
+    except Image.DecompressionBombError:
+        raise UserError(f"image {path} has more pixels than Pillow decodes safely ({2 * Image.MAX_IMAGE_PIXELS:,}: "
+                        "its decompression-bomb limit); it is refused, not decoded") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise UserError(f"cannot decode image {path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     pixels = torch.from_numpy(np.asarray(image).copy())
@@ -107,7 +111,9 @@ def _decode_split(root: str, split: str, listing: dict[str, list[os.DirEntry]],
                   pool: ThreadPoolExecutor) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
     paths = [os.path.join(root, split, name, entry.name) for name, files in listing.items() for entry in files]
     labels = torch.tensor([label for label, files in enumerate(listing.values()) for _ in files], dtype=torch.int64)
-    return list(pool.map(_decode, paths, chunksize=256)), labels, paths
+    decoded = tqdm(pool.map(_decode, paths, chunksize=256), total=len(paths), desc=f"decoding {split}/",
+                   unit=" images", disable=None, leave=False)  # a bar on a terminal only
+    return list(decoded), labels, paths
 
 
 def _stack(images: list[torch.Tensor], paths: list[str], size: tuple[int, int], channels: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import models
 
-from .checkpoint import extract_state_dict, load_checkpoint, load_weights, restore_model
+from .checkpoint import check_recorded_args, extract_state_dict, load_checkpoint, load_weights, restore_model
 from .data import DatasetInfo
 from .errors import UserError
 from .export import is_packed_file, load_packed
@@ -37,6 +37,7 @@ class ModelChoice:
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, path: str) -> ModelChoice:
         """The network a checkpoint of this project records (its arch and model flags)."""
+        check_recorded_args(checkpoint, path)
         saved = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
         arch = checkpoint.get("arch") or saved.get("arch")
         if not isinstance(arch, str):

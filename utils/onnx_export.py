@@ -136,6 +136,7 @@ class OnnxModel(nn.Module):
         super().__init__()
         import onnxruntime as ort
 
+        self.path = path
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -156,4 +157,9 @@ class OnnxModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().float().contiguous().cpu().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        try:
+            outputs = self.session.run(None, {self.input_name: array})
+        except Exception as exc:  # onnxruntime raises its own exception types for a graph that cannot run
+            raise UserError(f"onnxruntime cannot run {self.path} on a batch of shape {tuple(array.shape)} "
+                            f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+        return torch.from_numpy(outputs[0])

@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 
 from .errors import UserError, write_error
-from .files import is_temporary
+from .files import is_temporary, missing_folders
 
 LOCK_NAME = ".lock"
 MODELS = ("checkpoint.pth.tar", "model_best.pth.tar")
@@ -149,11 +149,14 @@ def claim_run_folder(path: str, mode: str, resuming: bool = False, overwrite: bo
     mode "train" or "evaluate"; `resuming`: this run continues the run in `path`;
     `inputs`: files the run reads, which --overwrite must not delete. Temporary files of
     a killed writer (this project's naming rule only) are removed once the lock is held."""
+    created = missing_folders(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise write_error(path, exc) from None
+    had_log = os.path.exists(os.path.join(path, "log.txt"))
     handle = _take_lock(path)
+    finished = False
     try:
         if mode == "train":
             notes = _prepare_training_folder(path, resuming, overwrite, inputs)
@@ -170,6 +173,22 @@ def claim_run_folder(path: str, mode: str, resuming: bool = False, overwrite: bo
             if is_temporary(name):
                 os.remove(os.path.join(path, name))
         yield notes
+        finished = True
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+        if mode == "evaluate" and not finished:
+            _remove_evaluation_leftovers(path, created, had_log)
+
+
+def _remove_evaluation_leftovers(path: str, created: list[str], had_log: bool) -> None:
+    """A refused or failed evaluation leaves nothing: its lock and log, and the folders it created."""
+    names = [LOCK_NAME] + ([] if had_log else ["log.txt"])
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(path, name))
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
