@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="autocast dtype; float16 also scales the loss (GradScaler)")
     hw.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
                     help="NHWC memory format for convolutions (1.1-1.3× faster in fp32 on the CPUs measured; "
-                         "with --amp about 2× on CPUs with AVX-512 BF16)")
+                         "with --amp 1.9× fp32 on CPUs with AVX-512 BF16)")
     hw.add_argument("--compile", action="store_true", help="torch.compile the model")
     hw.add_argument("--sync_bn", action="store_true", help="with torchrun: SyncBatchNorm across processes")
     return parser

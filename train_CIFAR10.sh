@@ -16,8 +16,8 @@
 # ttq_fflf: --quantizer twn|ttq, _fflf with the first and last layer full precision), SEEDS (number of seeds, 1), FIRST_SEED (5000),
 # EPOCHS (200; the lr steps stay at 40%/60%/80% of the epochs, as 80/120/160 of 200),
 # PRECISION (auto: bf16 where this machine computes it natively, else fp32, as
-# `python -m tools.precision` prints; bf16: --amp --channels_last, about 2x faster on GPUs and
-# on CPUs with AVX-512 BF16 at no accuracy cost, see README, and several times slower where
+# `python -m tools.precision` prints; bf16: --amp --channels_last, 1.9x fp32
+# on CPUs with AVX-512 BF16 at no accuracy cost measured, see docs/results.md, and several times slower where
 # bf16 is emulated; fp32: --no-amp --channels_last, which also switches a partial bf16 run
 # to fp32 when the matrix resumes it; add --no-channels_last to the arguments for NCHW),
 # DATASET (cifar10; cifar100, fashion_mnist, mnist, digits work too), DATA_PATH

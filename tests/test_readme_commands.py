@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -70,6 +71,10 @@ def workspace(tmp_path_factory):
         source = os.path.join(ROOT, name)
         (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, root / name)
     write_tiny_data(root)
+    archive = root.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"  # README's offline CIFAR-10 step unpacks it
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root / "data" / "cifar10-jpeg", arcname="cifar10-jpeg")
     (root / "bin").mkdir()
     (root / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (root / "bin" / "python").chmod(0o755)

@@ -29,7 +29,7 @@ from models.ternary import QUANTIZERS  # noqa: E402
 from utils.cli import command, command_parser, read_json  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.files import write_text  # noqa: E402
-from utils.logging import save_figure  # noqa: E402
+from utils.logging import plot_curves, run_title, save_figure  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,7 +165,8 @@ def full_precision_twin(config: str) -> str | None:
 def report_rows(runs: list[Run]) -> list[dict]:
     """One row per (dataset, config, epochs, precision) of the training runs: complete seeds
     aggregated, partial runs counted. A ternarized row also gets its gap to the
-    full-precision twin trained for as many epochs."""
+    full-precision twin trained for as many epochs: the mean of the per-seed differences
+    over the seeds both have (one baseline per comparison: the same seeds)."""
     groups: dict[tuple[str, str, int, str], list[Run]] = {}
     for run in (run for run in runs if run.mode == "train"):  # runs differing only in their seed
         groups.setdefault((run.dataset, run.config, run.epochs or 0, run.precision), []).append(run)
@@ -180,6 +181,7 @@ def report_rows(runs: list[Run]) -> list[dict]:
         reference = complete or partial
         rows.append({
             "dataset": dataset, "config": config, "seeds": sorted(r.seed for r in complete if r.seed is not None),
+            "by_seed": {r.seed: r.best_top1 for r in complete if r.best_top1 is not None},
             "top1": _mean_std(top1), "top1_mean": statistics.mean(top1) if top1 else None,
             "paper": paper, "diff": statistics.mean(top1) - paper if top1 and paper is not None else None,
             "final": _mean_std([r.final_top1 for r in complete if r.final_top1 is not None]),
@@ -188,10 +190,11 @@ def report_rows(runs: list[Run]) -> list[dict]:
             "compression": reference[0].weight_compression, "sparsity": reference[0].sparsity,
             "wall_time_s": statistics.mean([r.wall_time_s for r in complete]) if complete else None,
         })
-    means = {(row["dataset"], row["config"], row["epochs"], row["precision"]): row["top1_mean"] for row in rows}
+    by_seed = {(row["dataset"], row["config"], row["epochs"], row["precision"]): row["by_seed"] for row in rows}
     for row in rows:
-        twin = means.get((row["dataset"], full_precision_twin(row["config"]), row["epochs"], row["precision"]))
-        row["vs_fp"] = None if twin is None or row["top1_mean"] is None else row["top1_mean"] - twin
+        twin = by_seed.get((row["dataset"], full_precision_twin(row["config"]), row["epochs"], row["precision"]), {})
+        gaps = [top1 - twin[seed] for seed, top1 in row["by_seed"].items() if seed in twin]
+        row["vs_fp"] = statistics.mean(gaps) if gaps else None
     return rows
 
 
@@ -199,8 +202,9 @@ def format_rows(rows: list[dict]) -> str:
     def number(value, fmt):
         return "—" if value is None else format(value, fmt)
 
-    lines = ["| data set | model | best top-1 % (mean ± std) | final top-1 % | vs full precision | paper top-1 % | "
-             "difference to paper | seeds | epochs | precision | weight compression | zeros | wall time / run | runs |",
+    lines = ["| data set | model | best top-1 % (mean ± std) | final top-1 % | vs full precision (same seeds) | paper top-1 % | "
+             "difference to paper | seeds | epochs | precision | weight compression (weights only) | zeros | wall time / run | "
+             "runs |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         sparsity = None if row["sparsity"] is None else 100 * row["sparsity"]
@@ -367,36 +371,100 @@ def update_document(path: str, name: str, table: str) -> bool:
     return updated != text
 
 
-def plot_runs(runs: list[Run], path: str) -> None:
-    """One row per data set: validation top-1 and training loss per epoch of every run with
-    a history; one colour per configuration, one line style per schedule length and seed."""
+def _panel_key(run: Run) -> tuple[str, str, int]:
+    """Runs drawn in one panel: the same data set, network depth and length."""
+    depth = re.search(r"resnet(\d+)|alexnet", run.config.split()[0])
+    return run.dataset, depth.group(0) if depth else run.config.split()[0], run.epochs or 0
+
+
+def comparison_panels(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """(title, runs) of each comparison worth a panel: full precision against the paper's
+    ternarizer per data set, depth and length; then, where other ternarizers or options
+    ran, those against the paper's and full precision of the same seeds."""
     runs = [run for run in runs if run.history and run.mode == "train"]
-    datasets = sorted({run.dataset for run in runs}) or ["(no runs with a history)"]
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 4 * len(datasets)), squeeze=False)
+    groups: dict[tuple[str, str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_panel_key(run), []).append(run)
+    panels = []
+    for (dataset, network, epochs), group in sorted(groups.items(), key=lambda item: (item[0][0], item[0][2],
+                                                                                      item[0][1])):
+        plain = [run for run in group if run.config == full_precision_twin(run.config) or
+                 run.config in (network, f"tern_{network}")]
+        others = [run for run in group if run not in plain]
+        if plain:
+            panels.append((f"{dataset} {network}, {epochs} epochs: full precision vs ternarized", plain))
+        if others:
+            seeds = {run.seed for run in others}
+            panels.append((f"{dataset} {network}, {epochs} epochs: ternarizers and options",
+                           others + [run for run in plain if run.seed in seeds]))
+    return panels
+
+
+def _draw_panel(axis, title: str, runs: list[Run]) -> None:
+    """Validation top-1 per epoch: one colour per configuration, thin lines per seed and a
+    thick mean when there are several; the axis spans the late epochs of the runs that
+    train (a run far below is named in the legend), so gaps of a point stay visible."""
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = ["-", "--", ":", "-."]
-    for (top1_axis, loss_axis), dataset in zip(axes, datasets):
-        group = [run for run in runs if run.dataset == dataset]
-        configs = sorted({run.config for run in group})
-        draws = sorted({(run.epochs or 0, str(run.seed)) for run in group})  # schedule length and seed
-        for run in group:
+    configs = sorted({run.config for run in runs}, key=lambda c: (c != full_precision_twin(c) and "tern" in c, c))
+    late = []
+    for run in runs:
+        values = [record["val_top1"] for record in run.history]
+        late.append((run, values[len(values) * 3 // 5:] or values))
+    best = max(max(values) for _, values in late)
+    shown = [values for _, values in late if max(values) > best - 15]
+    low = min(min(values) for values in shown)
+    for index, config in enumerate(configs):
+        members = [run for run in runs if run.config == config]
+        colour = colours[index % len(colours)]
+        seeds = sorted(str(run.seed) for run in members)
+        tops = [run.best_top1 for run in members if run.best_top1 is not None]
+        label = (f"{config}: best {_mean_std(tops)} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
+                 + ("" if all(run.status == "complete" for run in members) else ", partial")
+                 + (" — below the axis" if tops and max(tops) < low else ""))
+        for number, run in enumerate(members):
             epochs = [record["epoch"] for record in run.history]
-            style = dict(color=colours[configs.index(run.config) % len(colours)],
-                         marker="o" if len(epochs) < 30 else None,  # a run of one or two epochs shows as points
-                         linestyle=styles[draws.index((run.epochs or 0, str(run.seed))) % len(styles)],
-                         label=f"{run.config}, {run.epochs} epochs, seed {run.seed}"
-                               + ("" if run.status == "complete" else " (partial)"))
-            top1_axis.plot(epochs, [record["val_top1"] for record in run.history], **style)
-            loss_axis.plot(epochs, [record["train_loss"] for record in run.history], **style)
-        top1_axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title=f"{dataset}: validation accuracy")
-        top1_axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log", title=f"{dataset}: training loss")
-        for axis in (top1_axis, loss_axis):
-            axis.grid(alpha=0.3)
+            axis.plot(epochs, [record["val_top1"] for record in run.history], color=colour,
+                      lw=0.8 if len(members) > 1 else 1.6, alpha=0.6 if len(members) > 1 else 1.0,
+                      label=label if number == 0 and len(members) == 1 else None)
+        if len(members) > 1:
+            length = min(len(run.history) for run in members)
+            mean = [statistics.mean(run.history[i]["val_top1"] for run in members) for i in range(length)]
+            axis.plot(range(1, length + 1), mean, color=colour, lw=2.2, label=label + ", mean")
+    axis.set_ylim(low - 1, best + 0.8)
+    last = max(run.history[-1]["epoch"] for run in runs)
+    axis.set_xlim(max(0.5, 0.35 * last), last + 0.5)  # the early epochs lie below the axis anyway
+    axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title=title)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+
+
+def plot_runs(runs: list[Run], path: str) -> None:
+    """One panel per comparison (comparison_panels), two per row."""
+    panels = comparison_panels(runs) or [("(no training runs with a history)", [])]
+    rows = -(-len(panels) // 2)
+    fig, axes = plt.subplots(rows, 2, figsize=(13, 4.2 * rows), squeeze=False)
+    for axis, (title, group) in zip(axes.flat, panels):
         if group:
-            loss_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    save_figure(fig, path, dpi=110)
+            _draw_panel(axis, title, group)
+        else:
+            axis.set_title(title)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    save_figure(fig, path, dpi=100)
+
+
+def redraw_run_curves(runs: list[Run]) -> int:
+    """Draw each training run's curve.png again from its results.json (as training draws
+    it now); returns how many were drawn."""
+    drawn = 0
+    for run in runs:
+        if run.mode == "train" and run.history:
+            record = read_json(os.path.join(run.path, "results.json"), "run record")
+            plot_curves(run.history, os.path.join(run.path, "curve.png"),
+                        run_title(record.get("arch") or "?", run.dataset, run.args, run.epochs))
+            drawn += 1
+    return drawn
 
 
 @command
@@ -412,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the ternarizers' comparison (paper / TWN / TTQ on CIFAR-10 ResNet-20, per "
                              "seed, with zeros per layer from the shipped files) into DOC's <!-- table:quantizers --> "
                              "block, e.g. docs/results.md")
+    parser.add_argument("--run_curves", action="store_true",
+                        help="also draw every training run's curve.png again from its results.json")
     args = parser.parse_args(argv)
     missing = [root for root in args.roots if not os.path.isdir(root)]
     if missing:
@@ -434,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     write_text(output, table + "\n")
     plot_runs(runs, curves)
     print(f"\nwrote {output} and {curves} ({len(runs)} runs)")
+    if args.run_curves:
+        print(f"drew the curve.png of {redraw_run_curves(runs)} training runs again")
     blocks = [(args.readme, "cifar10", paper_table, "the CIFAR-10 table"),
               (args.quantizers, "quantizers", quantizer_table, "the ternarizers' table")]
     for document, block, make_table, what in blocks:

@@ -93,35 +93,55 @@ class TensorBoardLog:
             self.writer.all_writers = None
 
 
+def run_title(arch: str, dataset: str, args: dict, epochs: int | None) -> str:
+    """What a curve shows, in its title: network, quantizer and REL, data set, length, seed, precision."""
+    parts = [arch]
+    if args.get("tex") and args["tex"] > 1:
+        parts.append(f"REL t_ex={args['tex']}")
+    if arch.startswith("tern_") or args.get("tex") or args.get("tfactors") or args.get("auto_thresholds"):
+        parts.append(f"{args.get('quantizer') or 'paper'} quantizer" + (", auto thresholds"
+                                                                        if args.get("auto_thresholds") else ""))
+    if args.get("first_last"):
+        parts.append(f"first/last {args['first_last']}")
+    data = dataset + (f" ({os.path.basename(os.path.normpath(args['data_path']))})"
+                      if dataset in ("cifar10", "cifar100", "folder") and args.get("data_path") else "")
+    if args.get("subset"):
+        data += f", subset {args['subset']}"
+    precision = "bf16" if args.get("amp") else "fp32"
+    return f"{' · '.join(parts)}\n{data} · {epochs} epochs · seed {args.get('manualSeed')} · {precision}"
+
+
 def plot_curves(history: list[dict], path: str, title: str = "") -> None:
-    """Accuracy (left axis) and loss (right axis, log scale: a loss spike and the late
-    small losses both stay readable) per epoch, train and val, as a PNG written atomically."""
+    """Two panels per epoch, written atomically as a PNG: top-1 (train, validation; the
+    best validation epoch marked) and loss (log scale, plain-number ticks)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     marker = "o" if len(epochs) < 30 else None  # a line needs two points: short runs show each epoch as a dot
-    fig, acc_axis = plt.subplots(figsize=(8, 5))
-    loss_axis = acc_axis.twinx()
-    acc_axis.plot(epochs, [r["train_top1"] for r in history], "g-", marker=marker, label="train top-1")
-    acc_axis.plot(epochs, [r["val_top1"] for r in history], "y-", marker=marker, label="val top-1")
-    loss_axis.plot(epochs, [r["train_loss"] for r in history], "g:", marker=marker, label="train loss")
-    loss_axis.plot(epochs, [r["val_loss"] for r in history], "y:", marker=marker, label="val loss")
-    acc_axis.set_xlabel("epoch")
-    acc_axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    if epochs:
-        acc_axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs only, even for a 1-epoch run
-    acc_axis.set_ylabel("accuracy (%)")
+    fig, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, metric, label in ((acc_axis, "top1", "top-1 (%)"), (loss_axis, "loss", "cross-entropy loss")):
+        axis.plot(epochs, [r[f"train_{metric}"] for r in history], color="tab:blue", marker=marker, label="train")
+        axis.plot(epochs, [r[f"val_{metric}"] for r in history], color="tab:red", marker=marker, lw=2,
+                  label="validation")
+        axis.set(xlabel="epoch", ylabel=label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        axis.grid(alpha=0.3)
+        if epochs:
+            axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs only, even for a 1-epoch run
+    if history:
+        best = max(history, key=lambda r: r["val_top1"])
+        acc_axis.annotate(f"best {best['val_top1']:.2f} (epoch {best['epoch']})", (best["epoch"], best["val_top1"]),
+                          textcoords="offset points", xytext=(-10, -22), ha="right", color="tab:red",
+                          arrowprops=dict(arrowstyle="-", color="tab:red"))
     loss_axis.set_yscale("log")
-    loss_axis.set_ylabel("loss (log scale)")
-    acc_axis.set_ylim(0, 100)
-    acc_axis.grid(alpha=0.3)
-    handles = acc_axis.get_legend_handles_labels()[0] + loss_axis.get_legend_handles_labels()[0]
-    acc_axis.legend(handles, [h.get_label() for h in handles], loc="center right")
-    acc_axis.set_title(title)
+    loss_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    loss_axis.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    acc_axis.legend(loc="lower right")
+    fig.suptitle(title, fontsize=10)
     save_figure(fig, path, dpi=100)
 
 

@@ -28,7 +28,7 @@ from .errors import UserError
 from .evaluation import Metrics, evaluate, format_metrics
 from .files import write_json
 from .hardware import Precision, unwrap
-from .logging import TensorBoardLog, plot_curves
+from .logging import TensorBoardLog, plot_curves, run_title
 from .resume import TrainingState, rng_state
 from .results import model_statistics, run_record
 from .signals import Interrupted, StopSignals
@@ -159,7 +159,8 @@ def save_epoch(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Opt
     if is_best:
         save_checkpoint(state, config.path("model_best.pth.tar"))
     save_checkpoint(state, config.path("checkpoint.pth.tar"))
-    plot_curves(history, config.path("curve.png"), title=f"{config.arch} on {config.dataset}")
+    plot_curves(history, config.path("curve.png"), title=run_title(config.arch, config.dataset, config.args,
+                                                                    config.epochs))
     if epoch < config.epochs:
         write_json(config.path("results.json"), training_record(config, model, history, started, "running", world_size))
 

@@ -1,0 +1,99 @@
+"""Figures README quotes in prose equal the records they come from (issue 35, item 11), and
+the figures and hints that explain a number name its baseline."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from helpers import ROOT
+from tools import report
+from utils import hardware
+from utils.logging import plot_curves, run_title
+
+RESULTS = os.path.join(ROOT, "results", "cifar10")
+
+
+def readme() -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return " ".join(f.read().split())
+
+
+def record(name: str) -> dict:
+    with open(os.path.join(RESULTS, name, "results.json")) as f:
+        return json.load(f)
+
+
+def shipped_top1(name: str) -> float:
+    with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
+        return next(entry["top1"] for entry in json.load(f)["files"] if entry["name"] == name)
+
+
+def test_readme_ternarizer_figures_are_the_records_and_the_shipped_files():
+    runs = ("tern_resnet20_e40_seed5000", "twn_resnet20_e40_seed5000", "ttq_resnet20_e40_seed5000")
+    best = [f"{record(name)['best_top1']:.2f}" for name in runs]
+    text = readme()
+    assert (f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, TTQ {best[2]}%" in text)
+    assert f"against {record('fp_resnet20_e40_seed5000')['best_top1']:.2f}% for full precision of the same seed" in text
+    assert "evaluate to " + " / ".join(f"{shipped_top1(name):.2f}" for name in runs) + "% in fp32" in text
+
+
+def test_readme_weight_compression_is_the_records():
+    weights = record("tern_resnet20_e40_seed5000")["weight_compression"]
+    assert f"shrink {weights:.1f}× (32 / 1.6 bits" in readme()
+
+
+def test_readme_file_ratio_is_the_shipped_files():
+    with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
+        sizes = {entry["name"]: entry["bytes"] for entry in json.load(f)["files"]}
+    tern, fp = sizes["tern_resnet20_e40_seed5000"], sizes["fp_resnet20_e40_seed5000"]
+    assert (f"`.tern` ({tern:,} bytes) is {fp / tern:.1f}× smaller than the shipped full-precision `.pth` of the "
+            f"same recipe ({fp:,} bytes)") in readme()
+
+
+def test_the_gap_a_report_gives_is_against_the_same_seeds():
+    rows = report.report_rows(report.find_runs([RESULTS]))
+    twn = next(row for row in rows if row["config"] == "tern_resnet20 TWN" and row["epochs"] == 40)
+    fp = record("fp_resnet20_e40_seed5000")["best_top1"]
+    assert twn["vs_fp"] == pytest.approx(record("twn_resnet20_e40_seed5000")["best_top1"] - fp)
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        assert f"| {twn['vs_fp']:+.2f} (FP {fp:.2f}) |" in f.read()
+
+
+def test_the_bf16_hint_names_the_speed_up_over_what_the_run_already_uses(monkeypatch):
+    monkeypatch.setattr(hardware, "fast_bf16", lambda device: True)
+    cpu = torch.device("cpu")
+    assert "--amp --channels_last trains about 1.9× faster" in hardware.precision_hint(cpu, hardware.Precision())
+    assert "--amp trains about 1.5× faster than fp32 + channels_last" in hardware.precision_hint(
+        cpu, hardware.Precision(channels_last=True))
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        found = re.findall(r"^\| (fp32 \+ channels_last|bf16 \+ channels_last) \| ([\d.]+) \|", f.read(), flags=re.M)
+    rows = {}
+    for mode, milliseconds in found:  # the first table: the CPU with native bf16
+        rows.setdefault(mode, float(milliseconds))
+    assert round(rows["fp32 + channels_last"] / rows["bf16 + channels_last"], 1) == 1.5
+
+
+def test_a_run_curve_names_the_run_and_draws_two_panels(tmp_path):
+    args = {"arch": "tern_resnet20", "quantizer": "twn", "manualSeed": 5001, "amp": True,
+            "data_path": "data/cifar10-jpeg"}
+    title = run_title("tern_resnet20", "cifar10", args, 40)
+    assert title == "tern_resnet20 · twn quantizer\ncifar10 (cifar10-jpeg) · 40 epochs · seed 5001 · bf16"
+    assert run_title("resnet20", "digits", {"manualSeed": 5000}, 20) == "resnet20\ndigits · 20 epochs · seed 5000 · fp32"
+    history = [{"epoch": e, "train_top1": 10.0 * e, "val_top1": 9.0 * e, "train_loss": 2.0 / e, "val_loss": 2.1 / e}
+               for e in range(1, 4)]
+    plot_curves(history, str(tmp_path / "curve.png"), title)
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "curve.png").size
+    assert width > 2 * height * 0.9  # two panels side by side
+
+
+def test_the_summary_figure_has_a_panel_per_comparison():
+    panels = report.comparison_panels(report.find_runs([RESULTS]))
+    titles = [title for title, _ in panels]
+    assert "cifar10 resnet20, 40 epochs: full precision vs ternarized" in titles
+    assert "cifar10 resnet20, 40 epochs: ternarizers and options" in titles
+    plain = dict(panels)["cifar10 resnet20, 40 epochs: full precision vs ternarized"]
+    assert {run.config for run in plain} == {"resnet20", "tern_resnet20"}
