@@ -97,3 +97,28 @@ def test_the_summary_figure_has_a_panel_per_comparison():
     assert "cifar10 resnet20, 40 epochs: ternarizers and options" in titles
     plain = dict(panels)["cifar10 resnet20, 40 epochs: full precision vs ternarized"]
     assert {run.config for run in plain} == {"resnet20", "tern_resnet20"}
+
+
+def test_readme_cifar10_prose_is_the_records():
+    def best(name):
+        return record(name)["best_top1"]
+
+    seeds = (5000, 5001, 5002)
+    gaps = [best(f"tern_resnet20_e40_seed{s}") - best(f"fp_resnet20_e40_seed{s}") for s in seeds]
+    mean = sum(gaps) / 3
+    std = (sum((g - mean) ** 2 for g in gaps) / 2) ** 0.5
+    text = readme()
+    assert f"ResNet-20 is {-mean:.2f} ± {std:.2f} points behind full precision (every seed behind)" in text
+    assert all(gap < 0 for gap in gaps)
+    fp200, tern200 = best("fp_resnet20_e200_seed5000"), best("tern_resnet20_e200_seed5000")
+    assert f"{tern200 - fp200:+.2f} ({fp200:.2f} vs {tern200:.2f}%)".replace("-", "−") in text
+    gap32 = best("tern_resnet32_e40_seed5000") - best("fp_resnet32_e40_seed5000")
+    assert "ResNet-32 at 40 epochs trails by " + f"{gap32:+.2f}".replace("-", "−") in text
+
+
+def test_a_truncated_manifest_is_named_by_the_report(tmp_path):
+    from utils.errors import UserError
+
+    (tmp_path / "manifest.json").write_text('{"files": [{"name": "a", "fi')
+    with pytest.raises(UserError, match=f"{tmp_path / 'manifest.json'} is not valid JSON"):
+        report.shipped_files("cifar10", str(tmp_path / "manifest.json"))
