@@ -33,7 +33,7 @@ import torch.nn as nn
 import models
 from utils.checkpoint import check_recorded_args, load_checkpoint
 from utils.compression import compression_report, format_report
-from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info, ensure_data
+from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info, ensure_data, preprocessing_record
 from utils.distributed import (DistributedContext, init_distributed, is_peer_failure, launched_by_torchrun,
                                peer_failure, shutdown)
 from utils.errors import UserError
@@ -578,7 +578,8 @@ def run_export(args: argparse.Namespace, kind: str | None, checkpoint: dict | No
     logger = make_logger(None)
     info = dataset_info(args.dataset, args.data_path, logger.info, args.cache_dir)
     model = load_run_model(args, kind, checkpoint, info, device, logger)
-    logger.info(export_model(model, args.export, input_shape(info), args.export_encoding))
+    record = getattr(model, "preprocessing", None) or preprocessing_record(info, args.dataset)
+    logger.info(export_model(model, args.export, input_shape(info), args.export_encoding, record))
     if not is_onnx_file(args.export):
         logger.info(format_report(compression_report(model, input_shape(info), os.path.getsize(args.export))))
 
@@ -639,7 +640,8 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
         config = TrainConfig(save_path=args.save_path, epochs=args.epochs, arch=args.arch, dataset=args.dataset,
                              input_shape=input_shape(info), args=recorded_args(args), precision=precision(args),
                              print_freq=args.print_freq, auto_thresholds=args.auto_thresholds,
-                             threshold_every=args.threshold_every, model_only=args.model_only)
+                             threshold_every=args.threshold_every, model_only=args.model_only,
+                             preprocessing=preprocessing_record(info, args.dataset))
         fit(model, optimizer, scheduler, state, train_loader, test_loader, device, context, config, logger, stop,
             started)
 

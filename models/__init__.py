@@ -111,3 +111,13 @@ def get_model(arch: str, num_classes: int | None = None, in_channels: int = 3, *
                           "tfactors": list(factors) if factors is not None else None,
                           "first_last": keep_first_last_ternary, "quantizer": quantizer}
     return model
+
+
+def __getattr__(name: str):
+    """models.load_pretrained and models.list_pretrained: the shipped models (utils.pretrained,
+    imported on first use since it builds on this package)."""
+    if name in ("load_pretrained", "list_pretrained"):
+        from utils import pretrained
+
+        return getattr(pretrained, name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

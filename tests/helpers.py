@@ -1,16 +1,20 @@
 """What several test files share: running main.py in-process, reading a run's record,
 writing IDX (MNIST-format) files and image folders."""
 import gzip
+import hashlib
 import json
 import os
 import signal
 import socket
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
 
 import main
 from tools.precision import fastest_precision
+from utils.export import MAGIC
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs", "1", "--subset", "256", "--print_freq", "1000"]
@@ -92,3 +96,19 @@ def stop_after_first_checkpoint(monkeypatch, training_module):
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(training_module, "save_checkpoint", save_then_stop)
+
+
+def rewrite_tern(source, target, edit_header=None, header_bytes=None):
+    """Copy a .tern with its header changed by `edit_header(header)` (or replaced by raw
+    `header_bytes`), the payload kept, the checksum recomputed: what an edit looks like."""
+    data = open(source, "rb").read()[:-32]
+    _, version, header_len = struct.unpack_from("<8sHI", data)
+    header = json.loads(zlib.decompress(data[14:14 + header_len]))
+    payload = data[14 + header_len:]
+    if header_bytes is None:
+        edit_header(header)
+        header_bytes = zlib.compress(json.dumps(header).encode())
+    body = struct.pack("<8sHI", MAGIC, version, len(header_bytes)) + header_bytes + payload
+    with open(target, "wb") as f:
+        f.write(body + hashlib.sha256(body).digest())
+    return str(target)

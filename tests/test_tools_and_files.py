@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ import torch
 from PIL import Image
 
 import main
-from helpers import QUICK, ROOT, results, run_main, write_folder
+from helpers import QUICK, ROOT, results, rewrite_tern, run_main, write_folder
 from tools import benchmark, compression, deploy_benchmark, gap_report, publish, report, thresholds
 from tools import precision as precision_tool
-from utils.export import MAGIC, load_packed
+from utils.export import load_packed
 
 TOOLS = {"benchmark": benchmark, "compression": compression, "deploy_benchmark": deploy_benchmark,
          "gap_report": gap_report, "publish": publish, "report": report, "thresholds": thresholds,
@@ -82,7 +81,8 @@ BAD_INPUTS = [
     ("publish", ["{eval}", "--data_path", "x"], "holds an evaluation"),
     ("publish", ["{missing}", "--data_path", "x"], "no such run folder"),
     ("publish", ["{bad_record}", "--data_path", "x"], "not valid JSON"),
-    ("publish", ["{fp}", "--data_path", "x", "--readme", "{missing}"], "not found"),
+    ("publish", ["{fp}", "--data_path", "x", "--refresh", "cifar10"], "not both"),
+    ("publish", ["--data_path", "x", "--refresh", "cifar10", "--pretrained", "{missing}"], "nothing of cifar10"),
     ("precision", ["--nosuch"], "unrecognized arguments"),
 ]
 if not torch.cuda.is_available():
@@ -138,22 +138,6 @@ def test_gap_report_checks_the_folders_before_reading_any_data(tmp_path, capsys,
 
 
 # --- .tern files edited with a recomputed checksum ------------------------------------------------
-
-def rewrite_tern(source, target, edit_header=None, header_bytes=None):
-    """Copy a .tern with its header changed by `edit_header(header)` (or replaced by raw
-    `header_bytes`), the payload kept, the checksum recomputed: what an edit looks like."""
-    data = open(source, "rb").read()[:-32]
-    _, version, header_len = struct.unpack_from("<8sHI", data)
-    header = json.loads(zlib.decompress(data[14:14 + header_len]))
-    payload = data[14 + header_len:]
-    if header_bytes is None:
-        edit_header(header)
-        header_bytes = zlib.compress(json.dumps(header).encode())
-    body = struct.pack("<8sHI", MAGIC, version, len(header_bytes)) + header_bytes + payload
-    with open(target, "wb") as f:
-        f.write(body + hashlib.sha256(body).digest())
-    return str(target)
-
 
 def first_ternary(header):
     return next(entry for entry in header["tensors"] if entry["kind"] == "ternary")
@@ -310,7 +294,7 @@ def test_kill_9_of_publish_takes_its_evaluation_along_and_the_rerun_completes(ru
     assert [name for name in os.listdir(folder) if name.startswith(".publish-")]  # what kill -9 left
     assert publish.main([str(runs / "tern_resnet20"), *publish_roots(tmp_path)]) == 0
     (entry,) = json.loads((folder / "manifest.json").read_text())["files"]
-    assert sorted(os.listdir(folder)) == sorted([".publish.lock", entry["file"], "manifest.json"])
+    assert sorted(os.listdir(folder)) == sorted(["README.md", entry["file"], "manifest.json"])
     assert entry["sha256"] == hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()
 
 

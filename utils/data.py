@@ -12,6 +12,7 @@ processes.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -57,14 +58,18 @@ class DatasetInfo:
     crop_padding: int  # random crop of image_size after zero padding by this much (0: none)
     flip: bool  # random horizontal flip
     family: str  # which training recipe applies: "cifar", "imagenet" or "small"
+    classes: tuple[str, ...] = ()  # class names in label order (empty where not known, e.g. ImageNet)
 
 
+DIGIT_NAMES = tuple(str(digit) for digit in range(10))
+FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot")
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(10, 1, 8, (0.3054,), (0.3760,), 1, False, "small"),
-    "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), 2, False, "small"),
-    "fashion_mnist": DatasetInfo(10, 1, 28, (0.2860,), (0.3530,), 2, True, "small"),
-    "cifar10": DatasetInfo(10, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar"),
-    "cifar100": DatasetInfo(100, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar"),
+    "digits": DatasetInfo(10, 1, 8, (0.3054,), (0.3760,), 1, False, "small", DIGIT_NAMES),
+    "mnist": DatasetInfo(10, 1, 28, (0.1307,), (0.3081,), 2, False, "small", DIGIT_NAMES),
+    "fashion_mnist": DatasetInfo(10, 1, 28, (0.2860,), (0.3530,), 2, True, "small", FASHION_NAMES),
+    "cifar10": DatasetInfo(10, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar", tuple(CLASS_NAMES["cifar10"])),
+    "cifar100": DatasetInfo(100, 3, 32, CIFAR_MEAN, CIFAR_STD, 4, True, "cifar", tuple(CLASS_NAMES["cifar100"])),
     "imagenet": DatasetInfo(1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD, 0, True, "imagenet"),
     # a user's image folder: everything but the recipe family comes from its files
     "folder": DatasetInfo(0, 0, 0, (), (), 0, True, "small"),
@@ -93,7 +98,29 @@ def _folder_info(data_path: str, log: Callable[[str], None], cache_dir: str | No
     log(f"=> {data_path}: {len(data.classes)} classes ({shown}), {width}×{height} images with {channels} "
         f"channel{'s' if channels > 1 else ''}, {len(data.y_train)} train and {len(data.y_test)} test images")
     return replace(DATASETS["folder"], num_classes=len(data.classes), in_channels=channels, image_size=height,
-                   mean=data.mean, std=data.std, crop_padding=max(1, height // 8))
+                   mean=data.mean, std=data.std, crop_padding=max(1, height // 8), classes=tuple(data.classes))
+
+
+def preprocessing_record(info: DatasetInfo, dataset: str) -> dict:
+    """What a model file records so it can be used outside this repository: the data set,
+    the input it takes (C, H, W), the normalisation it was trained with and its class names."""
+    return {"dataset": dataset, "input_shape": [info.in_channels, info.image_size, info.image_size],
+            "mean": list(info.mean), "std": list(info.std), "classes": list(info.classes)}
+
+
+def check_preprocessing_record(record, source: str) -> dict | None:
+    """A preprocessing record read from a file (None when the file predates it), checked."""
+    if record is None:
+        return None
+    shape = record.get("input_shape") if isinstance(record, dict) else None
+    valid = (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d >= 1 for d in shape)
+             and all(isinstance(record.get(key), list) and len(record[key]) == shape[0]
+                     and all(type(v) in (int, float) and math.isfinite(v) for v in record[key]) for key in ("mean", "std"))
+             and all(v > 0 for v in record["std"]) and isinstance(record.get("classes"), list)
+             and all(isinstance(name, str) for name in record["classes"]) and isinstance(record.get("dataset"), str))
+    if not valid:
+        raise UserError(f"{source} has an invalid preprocessing record (input_shape, mean, std, classes, dataset)")
+    return record
 
 
 class TensorLoader:

@@ -45,6 +45,7 @@ import torch.nn as nn
 from models import ARCHS
 from models.ternary import QUANTIZERS, TTQ_SCALES, ternary_layers
 
+from .data import check_preprocessing_record
 from .errors import UserError
 from .files import write_bytes
 from .onnx_export import export_onnx, is_onnx_file
@@ -187,9 +188,10 @@ def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[by
 
 
 def export_packed(model: nn.Module, path: str, encoding: str = "dense",
-                  input_shape: tuple[int, int, int] | None = None) -> int:
+                  input_shape: tuple[int, int, int] | None = None, preprocessing: dict | None = None) -> int:
     """Write `model` (built by models.get_model) as a packed file; returns its size in bytes.
-    `input_shape` (C, H, W): the images it was trained on, which evaluation checks."""
+    `input_shape` (C, H, W): the images it was trained on, which evaluation checks;
+    `preprocessing`: utils.data.preprocessing_record of its data (normalisation, class names)."""
     config = getattr(model, "build_config", None)
     if config is None:
         raise UserError("export needs a model built by models.get_model (it records how to rebuild it)")
@@ -201,6 +203,8 @@ def export_packed(model: nn.Module, path: str, encoding: str = "dense",
     fields = {"config": config, "encoding": encoding, "tensors": entries}
     if input_shape is not None:
         fields["input_shape"] = list(input_shape)
+    if preprocessing is not None:
+        fields["preprocessing"] = preprocessing
     header = zlib.compress(json.dumps(fields, separators=(",", ":")).encode(), level=9)
     body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + b"".join(blobs)
     data = body + hashlib.sha256(body).digest()
@@ -290,6 +294,7 @@ def check_header(header, path: str) -> None:
     for ok, problem in problems:
         if not ok:
             raise UserError(f"{path} {problem}; the file was edited or is not a packed model of this project")
+    check_preprocessing_record(header.get("preprocessing"), path)
     for entry in header["tensors"]:
         problem = _entry_problem(entry)
         if problem:
@@ -380,19 +385,37 @@ def load_packed(path: str) -> nn.Module:
     model.packed_codes = codes  # by layer name
     model.build_config = config
     model.input_shape = tuple(header.get("input_shape") or (config["in_channels"], None, None))
+    model.preprocessing = header.get("preprocessing")
     model.packed_tfactors = {entry["name"].rpartition(".")[0]: entry.get("tfactors")
                              for entry in header["tensors"] if entry["kind"] == "ternary"}
     return model.eval()
 
 
-def export_model(model: nn.Module, path: str, input_shape: tuple[int, int, int], encoding: str = "dense") -> str:
-    """Write `model` as a packed file (PATH.tern) or ONNX (PATH.onnx), by the suffix;
-    returns the line that tells what was written."""
+def add_preprocessing(path: str, target: str, preprocessing: dict, input_shape: tuple[int, int, int]) -> int:
+    """Write the packed file `path` again as `target` with a preprocessing record and input
+    shape in its header: the same tensors, byte for byte (a file written before the record
+    existed gets it without being rebuilt from a model). Returns the new size."""
+    header, payload = _read_verified(path)
+    with open(path, "rb") as f:
+        version = _PREFIX.unpack_from(f.read(_PREFIX.size))[1]
+    header.update(preprocessing=preprocessing, input_shape=list(input_shape))
+    check_header(header, target)
+    packed_header = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), level=9)
+    body = _PREFIX.pack(MAGIC, version, len(packed_header)) + packed_header + bytes(payload)
+    data = body + hashlib.sha256(body).digest()
+    write_bytes(target, data)
+    return len(data)
+
+
+def export_model(model: nn.Module, path: str, input_shape: tuple[int, int, int], encoding: str = "dense",
+                 preprocessing: dict | None = None) -> str:
+    """Write `model` as a packed file (PATH.tern) or ONNX (PATH.onnx), by the suffix, with
+    its `preprocessing` record; returns the line that tells what was written."""
     if is_onnx_file(path):
-        written = export_onnx(model, path, input_shape)
+        written = export_onnx(model, path, input_shape, preprocessing=preprocessing)
         kind = (f"{written['ternary_layers']} ternary layers as int4 codes" if written["ternary_layers"]
                 else "no ternary layers: a plain float32 model")
         return (f"=> wrote {path} ({written['bytes']:,} bytes, {kind}; the float32 ONNX of the same graph: "
                 f"{written['fp32_bytes']:,} bytes, {written['fp32_bytes'] / written['bytes']:.2f}× larger)")
-    size = export_packed(model, path, encoding, input_shape)
+    size = export_packed(model, path, encoding, input_shape, preprocessing)
     return f"=> wrote {path} ({size:,} bytes, {encoding} encoding)"

@@ -18,7 +18,7 @@ import torch.nn as nn
 import models
 
 from .checkpoint import check_recorded_args, extract_state_dict, load_checkpoint, load_weights, restore_model
-from .data import DatasetInfo
+from .data import DatasetInfo, check_preprocessing_record
 from .errors import UserError
 from .export import is_packed_file, load_packed
 from .onnx_export import OnnxModel, is_onnx_file
@@ -130,6 +130,7 @@ def load_model(path: str, info: DatasetInfo, dataset: str = "the data set", choi
     choice = choice or ModelChoice.from_checkpoint(checkpoint, path)
     model = build_model(dataclasses.replace(choice, auto_thresholds=False), info)
     reference_bias = restore_model(model, checkpoint, path)
+    model.preprocessing = check_preprocessing_record(checkpoint.get("preprocessing"), path)
     if choice.auto_thresholds and not checkpoint.get("tfactors"):  # e.g. fine-tuning full-precision weights
         models.optimize_model_thresholds(model)
     if reference_bias:

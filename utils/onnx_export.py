@@ -16,6 +16,7 @@ t_ex·b it applies.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -26,8 +27,11 @@ import torch.nn as nn
 
 from models.ternary import inference_twin, ternary_layers
 
+from .data import check_preprocessing_record
 from .errors import UserError
 from .files import write_bytes
+
+PREPROCESSING_KEY = "ternary_cnn.preprocessing"  # metadata_props key: data set, input shape, mean/std, classes
 
 OPSET = 21  # the first opset whose DequantizeLinear takes int4
 
@@ -91,9 +95,11 @@ def _quantize_weights(graph, codes: dict[str, list[tuple[np.ndarray, float]]]) -
     graph.node.extend(nodes + existing)
 
 
-def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int], ternary_codes: bool = True) -> dict:
+def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int], ternary_codes: bool = True,
+                preprocessing: dict | None = None) -> dict:
     """Write `model` (eval semantics) as ONNX with low-bit ternary weights (ternary_codes=False:
-    every weight as float32, e.g. as the input of onnxruntime's int8 quantizer); returns
+    every weight as float32, e.g. as the input of onnxruntime's int8 quantizer) and its
+    `preprocessing` record as the model's metadata_props (PREPROCESSING_KEY, JSON); returns
     {"bytes": file size, "ternary_layers", "fp32_bytes": the size of the same graph with
     float32 weights}."""
     import onnx
@@ -112,6 +118,9 @@ def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, int, int], 
     fp32_bytes = proto.ByteSize()
     _quantize_weights(proto.graph, codes)
     proto.producer_name = "ternarized-cnn"
+    if preprocessing is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = PREPROCESSING_KEY, json.dumps(preprocessing)
     onnx.checker.check_model(proto)
     write_bytes(path, proto.SerializeToString())
     return {"bytes": os.path.getsize(path), "ternary_layers": len(codes), "fp32_bytes": fp32_bytes}
@@ -126,6 +135,18 @@ def _quantizes_activations(path: str) -> bool:
     except Exception:  # unreadable: onnxruntime reports it below
         return False
     return any(node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for node in graph.node)
+
+
+def _read_preprocessing(session, path: str) -> dict | None:
+    """The preprocessing record an exported file carries in its metadata_props (None: none)."""
+    text = session.get_modelmeta().custom_metadata_map.get(PREPROCESSING_KEY)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise UserError(f"{path} has an unreadable preprocessing record in its metadata") from None
+    return check_preprocessing_record(record, path)
 
 
 class OnnxModel(nn.Module):
@@ -152,6 +173,7 @@ class OnnxModel(nn.Module):
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
             raise UserError(f"{path} is not an image classifier (one (N, C, H, W) input, one output)")
         self.input_name = inputs[0].name
+        self.preprocessing = _read_preprocessing(self.session, path)
         self.input_shape = tuple(inputs[0].shape[1:])  # (C, H, W); entries may be symbolic
         self.num_classes = outputs[0].shape[-1]
 

@@ -69,6 +69,7 @@ class TrainConfig:
     auto_thresholds: bool = False  # --tfactors auto: re-optimise the thresholds ...
     threshold_every: int = 0  # ... every N steps (0: at every epoch start)
     model_only: bool = False  # checkpoints hold {state_dict} only
+    preprocessing: dict | None = None  # data set, input shape, mean/std, class names (utils.data.preprocessing_record)
 
     def path(self, name: str) -> str:
         return os.path.join(self.save_path, name)
@@ -151,7 +152,7 @@ def save_epoch(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Opt
     one epoch older, whose resumed run recomputes the same epoch."""
     epoch = history[-1]["epoch"]
     state = {"state_dict": model.state_dict(), "tfactors": models.layer_tfactors(model),
-             "bias_copies": models.layer_bias_copies(model)}
+             "bias_copies": models.layer_bias_copies(model), "preprocessing": config.preprocessing}
     if not config.model_only:
         state.update(epoch=epoch, arch=config.arch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                      best_acc=best[0], best_epoch=best[1], history=history, args=config.args, rng=rng_state(),
