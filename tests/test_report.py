@@ -260,3 +260,38 @@ def test_evaluations_are_listed_apart_and_name_their_model(tmp_path, capsys):
     assert "| cifar10 | tern_resnet20 | run/model_best.pth.tar | checkpoint | 84.50 |" in evaluations[3]
     assert report.main([str(tmp_path)]) == 0
     assert "Evaluations (main.py --evaluate):" in capsys.readouterr().out
+
+
+def write_paired_run(root, kind, variant, seed, top1_by_test):
+    """A finished paired-subset run trained on `kind` and its evaluations RUN_test_KIND."""
+    arch = "tern_resnet20" if variant == "tern" else "resnet20"
+    run = root / f"train_{kind}" / "cifar10" / f"{variant}_resnet20_e60_seed{seed}"
+    run.mkdir(parents=True)
+    history = [{"epoch": 1, "val_top1": 50.0, "train_loss": 1.0, "train_top1": 40.0}]
+    (run / "results.json").write_text(json.dumps({
+        "mode": "train", "status": "complete", "arch": arch, "dataset": "cifar10", "epochs": 1, "history": history,
+        "best_top1": 50.0, "final_top1": 50.0, "args": {"arch": arch, "manualSeed": seed,
+                                                         "data_path": f"data/paired/{kind}"}}))
+    for test, top1 in top1_by_test.items():
+        folder = root / f"train_{kind}" / "cifar10" / f"{run.name}_test_{test}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({
+            "mode": "evaluate", "status": "complete", "arch": arch, "dataset": "cifar10", "top1": top1,
+            "source": str(run / "checkpoint.pth.tar"), "args": {"data_path": f"data/paired/{test}"}}))
+
+
+def test_jpeg_ab_table_pairs_seeds_and_gives_standard_errors(tmp_path):
+    # seed 1 and 2; full precision loses 1 and 3 points to JPEG training, the ternarized net 2 and 4
+    values = {("fp", 1): (70, 69, 69, 68), ("fp", 2): (72, 71, 69, 68), ("tern", 1): (69, 68, 67, 66),
+              ("tern", 2): (70, 70, 66, 65)}
+    for (variant, seed), (ll, lj, jl, jj) in values.items():
+        write_paired_run(tmp_path, "lossless", variant, seed, {"lossless": ll, "jpeg": lj})
+        write_paired_run(tmp_path, "jpeg", variant, seed, {"lossless": jl, "jpeg": jj})
+    lines = report.jpeg_ab_table(report.find_runs([str(tmp_path)])).splitlines()
+    assert "| full precision | lossless | 71.00 ± 1.41 | 70.00 ± 1.41 | 2 |" in lines
+    assert "| ternarized | jpeg | 66.50 ± 0.71 | 65.50 ± 0.71 | 2 |" in lines
+    # FP, tested on lossless: 69 − 70 = −1, 69 − 72 = −3: mean −2, standard error 1
+    assert "| full precision: trained on jpeg − trained on lossless | -2.00 ± 1.00 (n=2) | -2.00 ± 1.00 (n=2) |" in lines
+    # gap(jpeg/jpeg) = 66 − 68, 65 − 68 = −2, −3; gap(lossless/lossless) = −1, −2: differences −1, −1
+    assert "| does jpeg cost the ternarized net more? gap(jpeg/jpeg) − gap(lossless/lossless) | -1.00 ± 0.00 (n=2) | |" \
+        in lines

@@ -122,7 +122,7 @@ def read_run(folder: str) -> Run | None:
         return Run(folder, results.get("dataset", "?"), model, seed, "complete", 0, 0, results.get("top1"),
                    results.get("top1"), precision, results.get("weight_compression"), results.get("sparsity"),
                    results.get("wall_time_s"), mode="evaluate", source=source, file_format=results.get("format"),
-                   top5=results.get("top5"))
+                   top5=results.get("top5"), args=args)
     history = results.get("history", [])
     epochs = results.get("epochs")
     status = results.get("status") or ("complete" if len(history) >= (epochs or 0) else "running")
@@ -345,6 +345,69 @@ def quantizer_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resn
     return "\n".join(lines)
 
 
+def _data_kind(args: dict) -> str:
+    """The last folder of a run's --data_path: 'lossless' or 'jpeg' for the paired subset."""
+    return os.path.basename(os.path.normpath(args.get("data_path") or "?"))
+
+
+def paired_evaluations(runs: list[Run]) -> dict[tuple[str, str, str], dict[int, float]]:
+    """{(variant, train data, test data): {seed: top-1}} of the evaluations named
+    RUN_test_KIND beside their training run RUN (as the JPEG A/B queue writes them): the
+    final checkpoint of each run evaluated on each test set."""
+    by_path = {os.path.normpath(run.path): run for run in runs if run.mode == "train"}
+    cells: dict[tuple[str, str, str], dict[int, float]] = {}
+    for run in runs:
+        match = re.match(r"(.*)_test_[^/]+$", os.path.normpath(run.path))
+        trained = by_path.get(match.group(1)) if match and run.mode == "evaluate" else None
+        if trained is None or trained.status != "complete" or run.best_top1 is None:
+            continue
+        variant = "ternarized" if trained.config.startswith("tern_") else "full precision"
+        key = (variant, _data_kind(trained.args), _data_kind(run.args))
+        cells.setdefault(key, {})[trained.seed] = run.best_top1
+    return cells
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> str:
+    """mean ± standard error (n) of a − b over the seeds both have."""
+    diffs = [a[seed] - b[seed] for seed in sorted(a.keys() & b.keys())]
+    if len(diffs) < 2:
+        return f"{diffs[0]:+.2f} (n=1)" if diffs else "—"
+    return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f} (n={len(diffs)})"
+
+
+def jpeg_ab_table(runs: list[Run], kinds: tuple[str, str] = ("lossless", "jpeg")) -> str:
+    """The JPEG A/B on the paired subset: per variant, top-1 (mean ± sd over seeds) for each
+    training data × test data; then paired differences, mean ± standard error over seeds:
+    what JPEG training costs on each test set, the ternary gap (ternarized − full precision,
+    same seed) in each cell, and whether JPEG costs the ternarized net more (the gap under
+    JPEG/JPEG minus the gap under lossless/lossless)."""
+    cells = paired_evaluations(runs)
+    clean, lossy = kinds
+    lines = ["| variant | trained on | tested on " + " | tested on ".join(kinds) + " | seeds |", "|---|---|---|---|---|"]
+    for variant in ("full precision", "ternarized"):
+        for train in kinds:
+            row = [cells.get((variant, train, test), {}) for test in kinds]
+            values = [_mean_std(list(cell.values())) for cell in row]
+            lines.append(f"| {variant} | {train} | {' | '.join(values)} | {len(set().union(*row))} |")
+    lines += ["", "| paired difference (same seeds), mean ± standard error | tested on " + " | tested on ".join(kinds)
+              + " |", "|---|---|---|"]
+    for variant in ("full precision", "ternarized"):
+        diffs = [_paired(cells.get((variant, lossy, test), {}), cells.get((variant, clean, test), {})) for test in kinds]
+        lines.append(f"| {variant}: trained on {lossy} − trained on {clean} | {' | '.join(diffs)} |")
+    for train in kinds:
+        gaps = [_paired(cells.get(("ternarized", train, test), {}), cells.get(("full precision", train, test), {}))
+                for test in kinds]
+        lines.append(f"| ternary gap (ternarized − full precision), trained on {train} | {' | '.join(gaps)} |")
+
+    def gap(train: str, test: str) -> dict[int, float]:
+        tern, fp = cells.get(("ternarized", train, test), {}), cells.get(("full precision", train, test), {})
+        return {seed: tern[seed] - fp[seed] for seed in tern.keys() & fp.keys()}
+
+    lines.append(f"| does {lossy} cost the ternarized net more? gap({lossy}/{lossy}) − gap({clean}/{clean}) | "
+                 f"{_paired(gap(lossy, lossy), gap(clean, clean))} | |")
+    return "\n".join(lines)
+
+
 def readme_block(text: str, name: str) -> tuple[int, int]:
     """Where the generated table `name` lies in a document: between the lines
     `<!-- table:NAME ... -->` and `<!-- /table:NAME -->` (start and end offsets of its body)."""
@@ -480,13 +543,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the ternarizers' comparison (paper / TWN / TTQ on CIFAR-10 ResNet-20, per "
                              "seed, with zeros per layer from the shipped files) into DOC's <!-- table:quantizers --> "
                              "block, e.g. docs/results.md")
+    parser.add_argument("--jpeg_ab", default=None, metavar="DOC",
+                        help="also write the JPEG A/B of the paired subset (runs trained on lossless/ and jpeg/, each "
+                             "evaluated on both test sets as RUN_test_KIND) into DOC's <!-- table:jpeg_ab --> block")
     parser.add_argument("--run_curves", action="store_true",
                         help="also draw every training run's curve.png again from its results.json")
     args = parser.parse_args(argv)
     missing = [root for root in args.roots if not os.path.isdir(root)]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
-    for document in (args.readme, args.quantizers):
+    for document in (args.readme, args.quantizers, args.jpeg_ab):
         if document and not os.path.isfile(document):
             raise UserError(f"{document} not found: --readme and --quantizers name an existing document whose "
                             "<!-- table:... --> block is rewritten")
@@ -507,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_curves:
         print(f"drew the curve.png of {redraw_run_curves(runs)} training runs again")
     blocks = [(args.readme, "cifar10", paper_table, "the CIFAR-10 table"),
-              (args.quantizers, "quantizers", quantizer_table, "the ternarizers' table")]
+              (args.quantizers, "quantizers", quantizer_table, "the ternarizers' table"),
+              (args.jpeg_ab, "jpeg_ab", jpeg_ab_table, "the JPEG A/B tables")]
     for document, block, make_table, what in blocks:
         if not document:
             continue
