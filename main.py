@@ -38,11 +38,11 @@ from utils.distributed import (DistributedContext, init_distributed, is_peer_fai
                                peer_failure, shutdown)
 from utils.errors import UserError
 from utils.evaluation import evaluate, format_metrics
-from utils.export import ENCODINGS, export_model
+from utils.export import ENCODINGS
 from utils.files import write_json
 from utils.hardware import Precision, precision_hint, prepare_model, select_device, unwrap
 from utils.logging import make_logger
-from utils.model_loader import ModelChoice, build_model, file_format, load_model
+from utils.model_loader import ModelChoice, build_model, export_model, file_format, load_model
 from utils.onnx_export import is_onnx_file
 from utils.resume import OptimizerSettings, TrainingState, resume_training
 from utils.results import model_statistics, run_record
@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threshold_every", type=int, default=0, metavar="N",
                        help="with --tfactors auto: re-optimise every N training steps (0: at every epoch start)")
     model.add_argument("--quantizer", choices=models.QUANTIZERS, default="paper",
-                       help="weight ternarizer of the ternarized layers: paper (Δ = 0.05·max|W|, α = mean|W| above Δ), "
-                            "twn (Δ = 0.7·mean|W|, Li & Liu 2016) or ttq (Δ = t·max|W| with two trained scales per "
-                            "layer, Zhu et al. 2017; --tfactors T sets t); twn and ttq have no REL (--tex 1)")
+                       help="weight ternarizer of the ternarized layers: " + "; ".join(
+                           f"{name}: {models.get_quantizer(name).summary}" for name in models.QUANTIZERS)
+                       + ". Only the paper's has REL (--tex) and optimised thresholds")
     model.add_argument("--first_last", choices=["tern", "fp"], default=None,
                        help="ternarize the first conv and last linear layer (tern) or keep them full precision (fp)")
     model.add_argument("--pretrained", default=None, metavar="PATH",
@@ -228,21 +228,22 @@ def validate_model_flags(args: argparse.Namespace) -> None:
 
 
 def validate_quantizer(args: argparse.Namespace, factors: tuple[float, ...] | None) -> None:
-    """--quantizer twn / ttq: a ternarized arch, one branch; TWN has no threshold factor
-    (Δ = 0.7·mean|W|); optimised thresholds are the paper's quantizer's."""
+    """--quantizer other than the paper's: a ternarized arch; what the method refuses
+    (models.quantizers: REL, a threshold factor it has no use for, optimised thresholds)."""
     if args.quantizer == "paper":
         return
+    strategy = models.get_quantizer(args.quantizer)
     if factors is None:
         raise UserError(f"--quantizer {args.quantizer} needs a ternarized arch; {args.arch} is full precision "
                         f"(use tern_{args.arch} if it exists)")
-    if args.auto_thresholds:
+    if args.auto_thresholds and not strategy.auto_thresholds:
         raise UserError(f"--tfactors auto optimises the paper's quantizer; drop it for --quantizer {args.quantizer}")
-    if args.quantizer == "twn" and args.tfactors is not None:
-        raise UserError("--quantizer twn sets its threshold itself (Δ = 0.7·mean|W|); drop --tfactors")
+    if args.tfactors is not None and not strategy.tfactor:
+        raise UserError(f"--quantizer {args.quantizer} sets its threshold itself ({strategy.summary}); drop --tfactors")
     try:
-        models.check_quantizer(args.quantizer, len(factors))
+        strategy.check(len(factors))
     except ValueError as exc:
-        raise UserError(f"{exc}; drop --tex / give one --tfactors value") from None
+        raise UserError(f"{exc}; drop --tex" + (" / give one --tfactors value" if strategy.tfactor else "")) from None
 
 
 def recorded_args(args: argparse.Namespace) -> dict:

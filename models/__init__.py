@@ -11,12 +11,13 @@ import torch.nn as nn
 from .alexnet import alexnet_bn
 from .resnet_cifar import cifar_resnet
 from .resnet_imagenet import imagenet_resnet
+from .quantizers import get_quantizer
 from .ternary import (QUANTIZERS, TernConv2d, TernLinear, as_tfactors, check_quantizer, inference_twin, layer_bias_copies, layer_stats, layer_tfactors,
                       model_sparsity, optimize_model_thresholds, optimize_thresholds, paper_tfactors,
                       reconstruction_error, set_layer_bias_copies, set_layer_tfactors, ternarize, ternarize_model,
                       ternary_layers, use_reference_rel_bias)
 
-__all__ = ["ArchSpec", "ARCHS", "QUANTIZERS", "check_quantizer", "get_model", "list_archs", "TernConv2d", "TernLinear",
+__all__ = ["ArchSpec", "ARCHS", "QUANTIZERS", "check_quantizer", "get_quantizer", "get_model", "list_archs", "TernConv2d", "TernLinear",
            "ternarize",
            "ternarize_model", "ternary_layers", "layer_stats", "model_sparsity", "paper_tfactors",
            "optimize_thresholds", "optimize_model_thresholds", "reconstruction_error", "layer_tfactors",
@@ -97,7 +98,7 @@ def get_model(arch: str, num_classes: int | None = None, in_channels: int = 3, *
               quantizer: str = "paper") -> nn.Module:
     """Build a registered arch. `tex`, `tfactors` and `first_last` override the arch's
     ternarization (tex=k uses the paper's factors 0.05·1..k); `quantizer` picks the
-    ternarizer of its ternarized layers ("paper", "twn" or "ttq")."""
+    ternarizer of its ternarized layers (a name of models.quantizers.QUANTIZERS)."""
     spec = _spec(arch)
     factors, keep_first_last_ternary = resolve_tfactors(arch, tex, tfactors, first_last)
     if factors is None and quantizer != "paper":

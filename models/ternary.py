@@ -12,17 +12,9 @@ no gradient. A residual expansion layer (REL) with factors t_1 < … < t_tex com
 y = Σ_k op(x, T_k(W)); since op is linear in the weight this is op(x, Σ_k T_k(W)),
 so it is evaluated as one convolution / matmul with the summed ("effective") weight.
 
-Two peer ternarizers can replace the paper's in any ternarized layer (`quantizer`):
-
-    "twn" (Li & Liu 2016):  Δ = 0.7 · mean|W|,  α = mean{ |W_i| : |W_i| > Δ },
-                            T(W) = α · sign(W) · [|W| > Δ],  dL/dW = dL/dT (unclipped)
-    "ttq" (Zhu et al. 2017): Δ = t · max|W|,  T(W) = W_p·[W > Δ] − W_n·[W < −Δ] with two
-                            trained scales W_p, W_n > 0 per layer (Parameters, initialised
-                            to 1): dL/dW_p = Σ_{W > Δ} dL/dT,  dL/dW_n = −Σ_{W < −Δ} dL/dT,
-                            dL/dW = dL/dT · (W_p, 1, W_n) on (W > Δ, |W| ≤ Δ, W < −Δ)
-
-Both have one branch (no REL). TTQ's paper writes +Σ for dL/dW_n, the gradient of the
-signed scale −W_n; the sign here is that of the positive magnitude W_n the layer stores.
+Other ternarizers can replace the paper's in any ternarized layer (`quantizer`): TWN,
+TTQ and BitNet b1.58's absmean, each a strategy class in models/quantizers/ (its file
+gives its equations). The layers here only dispatch to the registered strategy.
 """
 from __future__ import annotations
 
@@ -34,10 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .quantizers import QUANTIZERS, SCALE_NAMES, Quantizer, get_quantizer  # noqa: F401  (re-exported)
+from .quantizers.paper import ternary_branches, ternary_weight  # noqa: F401
+from .quantizers.ttq import ttq_masks, ttq_weight  # noqa: F401
+from .quantizers.twn import TWN_THRESHOLD, twn_branch, twn_weight  # noqa: F401
+
 PAPER_TFACTOR = 0.05
-QUANTIZERS = ("paper", "twn", "ttq")
-TWN_THRESHOLD = 0.7  # TWN's Δ as a multiple of mean|W| (their approximation of the optimum)
-TTQ_SCALES = ("positive_scale", "negative_scale")  # the names of TTQ's trained W_p and W_n
 
 TFactors = tuple[float, ...]
 
@@ -62,134 +56,17 @@ def as_tfactors(tfactors: float | Sequence[float]) -> TFactors:
     return values
 
 
-def ternary_branches(weight: torch.Tensor, tfactors: Sequence[float]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (alpha, mask) for each branch k: mask_k = [|W| ≥ t_k·max|W|], alpha_k its mean |W|.
-
-    Statistics are computed in fp32 whatever the weight's dtype. No boolean indexing and
-    no host synchronisation: alpha is a masked sum over the clamped count, so an all-zero
-    weight gives alpha = 0 (never 0/0). The masked sum multiplies rather than selects on
-    purpose: a NaN weight (whose comparisons are all false) still contributes NaN·0 = NaN,
-    and an Inf one makes alpha infinite, so a non-finite weight reaches the layer's output
-    instead of the layer silently turning into zeros.
-    """
-    magnitude = weight.detach().float().abs()
-    max_magnitude = magnitude.amax() if magnitude.numel() else magnitude.new_zeros(())
-    for tfactor in tfactors:
-        mask = magnitude >= max_magnitude * tfactor
-        yield _mean_over(magnitude, mask), mask
-
-
-def _mean_over(magnitude: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean{ |W_i| : mask_i } as a masked sum over the clamped count (0 for an empty mask)."""
-    return (magnitude * mask).sum() / mask.sum(dtype=torch.float32).clamp_min(1.0)
-
-
-def ternary_weight(weight: torch.Tensor, tfactors: Sequence[float]) -> torch.Tensor:
-    """Σ_k α_k · sign(W) · [|W| ≥ Δ_k], without autograd, in the weight's dtype."""
-    levels = None
-    for alpha, mask in ternary_branches(weight, tfactors):
-        branch = alpha * mask
-        levels = branch if levels is None else levels + branch
-    return levels.copysign(weight.detach()).to(weight.dtype)
-
-
-class _TernarizeSTE(torch.autograd.Function):
-    """Effective ternary weight with the straight-through estimator of the paper."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, tfactors: TFactors) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.branches = len(tfactors)
-        return ternary_weight(weight, tfactors)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (weight,) = ctx.saved_tensors
-        grad_weight = grad_output.masked_fill(weight.abs() >= 1, 0)
-        # Each REL branch passes the gradient straight through, so their sum passes t_ex times it.
-        return (grad_weight * ctx.branches if ctx.branches > 1 else grad_weight), None
-
-
 def ternarize(weight: torch.Tensor, tfactor: float | Sequence[float] = PAPER_TFACTOR) -> torch.Tensor:
     """Differentiable ternarization T(W) = α·sign(W)·[|W| ≥ Δ], Δ = tfactor·max|W|.
 
     A sequence of factors gives the REL effective weight Σ_k T_k(W) (2·t_ex+1 levels).
     """
-    return _TernarizeSTE.apply(weight, as_tfactors(tfactor))
-
-
-def twn_branch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """TWN's (α, mask): mask = [|W| > 0.7·mean|W|], α = mean |W| over the mask (fp32 statistics)."""
-    magnitude = weight.detach().float().abs()
-    mean_magnitude = magnitude.mean() if magnitude.numel() else magnitude.new_zeros(())
-    mask = magnitude > TWN_THRESHOLD * mean_magnitude
-    return _mean_over(magnitude, mask), mask
-
-
-def twn_weight(weight: torch.Tensor) -> torch.Tensor:
-    """TWN's T(W) = α·sign(W)·[|W| > Δ], without autograd, in the weight's dtype."""
-    alpha, mask = twn_branch(weight)
-    return (alpha * mask).copysign(weight.detach()).to(weight.dtype)
-
-
-class _TWNSTE(torch.autograd.Function):
-    """TWN's ternary weight with a plain straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
-        return twn_weight(weight)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        return grad_output
-
-
-def ttq_masks(weight: torch.Tensor, tfactor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """TTQ's regions: ([W > Δ], [W < −Δ]) with Δ = tfactor·max|W| (compared in fp32)."""
-    latent = weight.detach().float()
-    max_magnitude = latent.abs().amax() if latent.numel() else latent.new_zeros(())
-    threshold = max_magnitude * tfactor
-    return latent > threshold, latent < -threshold
-
-
-def ttq_weight(weight: torch.Tensor, positive_scale: torch.Tensor, negative_scale: torch.Tensor,
-               tfactor: float) -> torch.Tensor:
-    """TTQ's T(W) = W_p·[W > Δ] − W_n·[W < −Δ], without autograd, in the weight's dtype."""
-    positive, negative = ttq_masks(weight, tfactor)
-    levels = positive_scale.detach().float() * positive - negative_scale.detach().float() * negative
-    return levels.to(weight.dtype)
-
-
-class _TTQFunction(torch.autograd.Function):
-    """TTQ's ternary weight with its gradients for the latent weight and both scales."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, positive_scale: torch.Tensor, negative_scale: torch.Tensor,
-                tfactor: float) -> torch.Tensor:
-        ctx.save_for_backward(weight, positive_scale, negative_scale)
-        ctx.tfactor = tfactor
-        return ttq_weight(weight, positive_scale, negative_scale, tfactor)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        weight, positive_scale, negative_scale = ctx.saved_tensors
-        positive, negative = ttq_masks(weight, ctx.tfactor)
-        grad = grad_output.float()
-        factor = torch.where(positive, positive_scale.detach().float(),
-                             torch.where(negative, negative_scale.detach().float(), 1.0))
-        grad_weight = (grad * factor).to(weight.dtype)
-        grad_positive = (grad * positive).sum().to(positive_scale.dtype)
-        grad_negative = -(grad * negative).sum().to(negative_scale.dtype)
-        return grad_weight, grad_positive, grad_negative, None
+    return get_quantizer("paper").differentiable(weight, as_tfactors(tfactor), ())
 
 
 def check_quantizer(quantizer: str, tex: int) -> None:
-    """ValueError unless `quantizer` is known and, for TWN and TTQ, has one branch (no REL)."""
-    if quantizer not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer '{quantizer}'; valid quantizers: {', '.join(QUANTIZERS)}")
-    if quantizer != "paper" and tex != 1:
-        raise ValueError(f"the {quantizer} quantizer has no residual expansion (t_ex = {tex}); REL is the paper's "
-                         "quantizer only")
+    """ValueError unless `quantizer` is registered and has a definition for t_ex branches."""
+    get_quantizer(quantizer).check(tex)
 
 
 class TernaryLayerMixin:
@@ -216,31 +93,37 @@ class TernaryLayerMixin:
         return len(self.tfactors)
 
     @property
+    def strategy(self) -> Quantizer:
+        """The ternarizer object of `quantizer` (models.quantizers)."""
+        return get_quantizer(self.quantizer)
+
+    @property
     def scale_count(self) -> int:
-        """Distinct scales of the effective weight: t_ex (one α per branch), 2 for TTQ (W_p, W_n)."""
-        return 2 if self.quantizer == "ttq" else self.tex
+        """Distinct scales of the effective weight: its trained scales (TTQ's W_p, W_n), else t_ex."""
+        return len(self.strategy.scale_names) or self.tex
 
     def configure(self, tfactors: float | Sequence[float], quantizer: str) -> None:
-        """Set the threshold factors and the ternarizer. A layer that becomes TTQ gets
-        its scales W_p = W_n = 1 (as TTQ's own code starts them); one that stays TTQ keeps
-        its trained scales; one that leaves TTQ drops them."""
+        """Set the threshold factors and the ternarizer. A layer that gets a method with
+        trained scales gets them at 1 (as TTQ's own code starts them); one that keeps the
+        method keeps its trained scales; one that leaves it drops them."""
         factors = as_tfactors(tfactors)
         check_quantizer(quantizer, len(factors))
         self.tfactors, self.quantizer = factors, quantizer
         self._cache_key = None
-        for name in TTQ_SCALES:
-            if quantizer != "ttq":
+        wanted = get_quantizer(quantizer).scale_names
+        for name in SCALE_NAMES:
+            if name not in wanted:
                 self._parameters.pop(name, None)
             elif name not in self._parameters:
                 self.register_parameter(name, nn.Parameter(torch.ones((), device=self.weight.device)))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
-        """Full-precision or paper-quantizer weights have no TTQ scales: loading them into a
-        TTQ layer (fine-tuning) keeps its current W_p, W_n instead of failing strict loading."""
+        """Full-precision or paper-quantizer weights have no trained scales: loading them into
+        a TTQ layer (fine-tuning) keeps its current W_p, W_n instead of failing strict loading."""
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        for name in TTQ_SCALES:
+        for name in SCALE_NAMES:
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
 
@@ -250,34 +133,22 @@ class TernaryLayerMixin:
     def set_quantizer(self, quantizer: str) -> None:
         self.configure(self.tfactors, quantizer)
 
-    def _quantizer_inputs(self) -> list[torch.Tensor]:
-        if self.quantizer == "ttq":
-            return [self.weight, self.positive_scale, self.negative_scale]
-        return [self.weight]
+    def scales(self) -> list[nn.Parameter]:
+        """The layer's trained scales, in the order of its quantizer's scale_names."""
+        return [self._parameters[name] for name in self.strategy.scale_names]
 
     def effective_weight(self) -> torch.Tensor:
         """T(W) (Σ_k T_k(W) with REL): the weight the layer actually applies (detached)."""
-        if self.quantizer == "twn":
-            return twn_weight(self.weight)
-        if self.quantizer == "ttq":
-            return ttq_weight(self.weight, self.positive_scale, self.negative_scale, self.tfactors[0])
-        return ternary_weight(self.weight, self.tfactors)
-
-    def _differentiable_weight(self) -> torch.Tensor:
-        if self.quantizer == "twn":
-            return _TWNSTE.apply(self.weight)
-        if self.quantizer == "ttq":
-            return _TTQFunction.apply(self.weight, self.positive_scale, self.negative_scale, self.tfactors[0])
-        return _TernarizeSTE.apply(self.weight, self.tfactors)
+        return self.strategy.weight(self.weight, self.tfactors, self.scales())
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight used by forward: differentiable when autograd needs it, cached otherwise
         (inside torch.compile recomputed in the compiled graph instead)."""
-        inputs = self._quantizer_inputs()
+        inputs = [self.weight, *self.scales()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
             self._cache_key = None
             self._cached_weight = None
-            return self._differentiable_weight()
+            return self.strategy.differentiable(self.weight, self.tfactors, inputs[1:])
         if torch.compiler.is_compiling():  # a guard on the cache key would recompile after every weight update
             return self.effective_weight()
         key = (*((t.data_ptr(), t._version) for t in inputs), self.weight.dtype, self.weight.device,
@@ -290,16 +161,10 @@ class TernaryLayerMixin:
     @torch.no_grad()
     def ternary_terms(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The effective weight as Σ_j s_j · c_j with int8 codes c_j in {-1, 0, 1} and scalar
-        scales s_j, in the order forward adds them: (sign·[|W| ≥ Δ_k], α_k) per REL branch
-        for the paper's quantizer, (sign·mask, α) for TWN, ([W > Δ], W_p) and (−[W < −Δ], W_n)
-        for TTQ. Exact in float32: what the exports store."""
-        if self.quantizer == "ttq":
-            positive, negative = ttq_masks(self.weight, self.tfactors[0])
-            return [(positive.to(torch.int8), self.positive_scale.detach().float()),
-                    (-negative.to(torch.int8), self.negative_scale.detach().float())]
-        branches = [twn_branch(self.weight)] if self.quantizer == "twn" else ternary_branches(self.weight, self.tfactors)
-        sign = torch.sign(self.weight.detach().float())
-        return [((sign * mask).to(torch.int8), alpha) for alpha, mask in branches]
+        scales s_j, in the order forward adds them (the quantizer's terms, e.g. one
+        (sign·[|W| ≥ Δ_k], α_k) per REL branch; TTQ's ([W > Δ], W_p), (−[W < −Δ], W_n)).
+        Exact in float32: what the exports store."""
+        return self.strategy.terms(self.weight, self.tfactors, self.scales())
 
     def applied_bias(self) -> torch.Tensor | None:
         """The bias forward adds: b (this project's REL convention, y = Σ_k T_k(W)·x + b),
@@ -377,7 +242,7 @@ def ternarize_model(model: nn.Module, tfactors: float | Sequence[float] = (PAPER
     version and an optimiser built before the call keeps working. With
     first_last=False the first conv and the last linear layer (in registration order)
     stay full precision, the paper's "ff_lf" variants. `quantizer` picks the ternarizer
-    ("paper", "twn" or "ttq"; see the module docstring; TTQ adds two scale Parameters
+    (a name of models.quantizers.QUANTIZERS; TTQ adds two scale Parameters
     per layer, so build the optimiser after the call). Already ternarized layers get the
     new tfactors and quantizer. Returns the model for chaining.
     """
@@ -585,7 +450,7 @@ def optimize_model_thresholds(model: nn.Module) -> dict[str, TFactors]:
     objective is the paper's quantizer's, so TWN and TTQ layers are refused."""
     chosen = {}
     for name, layer in ternary_layers(model):
-        if layer.quantizer != "paper":
+        if not layer.strategy.auto_thresholds:
             raise ValueError(f"optimised thresholds are for the paper's quantizer; {name} uses {layer.quantizer}")
         factors = optimized_tfactors(layer.weight, layer.tex)
         if factors is not None:

@@ -95,7 +95,7 @@ def test_export_needs_no_data_and_no_run_folder(tmp_path, capsys):
     assert f"=> wrote {packed}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("quantizer", ["paper", "ttq"])  # TTQ: its trained scales and their optimiser group too
+@pytest.mark.parametrize("quantizer", ["paper", "ttq", "absmean"])  # TTQ: its trained scales and their optimiser group too
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch, quantizer):
     common = ["--epochs", "2", "--subset", "600", "--print_freq", "1000", "--quantizer", quantizer]
     assert main.main(common + ["--save_path", str(tmp_path / "straight")]) == 0

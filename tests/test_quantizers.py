@@ -15,7 +15,8 @@ from onnx import numpy_helper
 
 import main
 from models import get_model, ternarize_model, ternary_layers
-from models.ternary import TernConv2d, TernLinear, _TTQFunction, _TWNSTE, ttq_masks, ttq_weight, twn_weight
+from models.quantizers import get_quantizer
+from models.ternary import TernConv2d, TernLinear, ttq_masks, ttq_weight, twn_weight
 from utils.checkpoint import load_weights
 from utils.compression import compression_report
 from utils.errors import UserError
@@ -35,7 +36,7 @@ def test_twn_keeps_weights_above_the_threshold_and_its_gradient_is_unclipped():
     weight = torch.tensor([1.0, -1.0, 1.5, 0.0, 0.0, -2.5, 0.0, 0.25])  # mean|W| = 0.78125, Δ = 0.546875
     assert torch.equal(twn_weight(weight), torch.tensor([1.5, -1.5, 1.5, 0.0, 0.0, -1.5, 0.0, 0.0]))
     latent = torch.tensor([0.1, -3.0, 5.0], requires_grad=True)  # |W| ≥ 1 passes too (the paper's STE clips)
-    _TWNSTE.apply(latent).backward(torch.tensor([1.0, 2.0, 3.0]))
+    get_quantizer("twn").differentiable(latent, (), ()).backward(torch.tensor([1.0, 2.0, 3.0]))
     assert torch.equal(latent.grad, torch.tensor([1.0, 2.0, 3.0]))
 
 
@@ -53,7 +54,7 @@ def test_ttq_gradients_follow_the_equations():
     positive = torch.tensor(1.5, requires_grad=True)
     negative = torch.tensor(0.25, requires_grad=True)
     upstream = torch.arange(1.0, 9.0)  # dL/dT = 1 .. 8
-    _TTQFunction.apply(latent, positive, negative, 0.05).backward(upstream)
+    get_quantizer("ttq").differentiable(latent, (0.05,), (positive, negative)).backward(upstream)
     # Δ = 0.15: positive region {1.0, 3.0} (dL/dT 3, 7), negative {-0.5, -2.0, -0.3} (2, 4, 8), zero the rest
     assert positive.grad.item() == 3 + 7
     assert negative.grad.item() == -(2 + 4 + 8)
@@ -66,7 +67,7 @@ def test_ttq_scale_gradients_match_autograd_and_finite_differences():
     images = torch.randn(2, 4, 5, 5, dtype=torch.float64)
 
     def loss(positive, negative):
-        return F.conv2d(images, _TTQFunction.apply(weight, positive, negative, 0.05)).tanh().sum()
+        return F.conv2d(images, get_quantizer("ttq").differentiable(weight, (0.05,), (positive, negative))).tanh().sum()
 
     scales = (torch.tensor(1.3, dtype=torch.float64, requires_grad=True),
               torch.tensor(0.7, dtype=torch.float64, requires_grad=True))

@@ -37,9 +37,9 @@ from utils.cli import command, command_parser, read_json
 from utils.compression import compression_report
 from utils.data import dataset_info, preprocessing_record
 from utils.errors import UserError, write_error
-from utils.export import add_preprocessing, export_model
+from utils.export import add_preprocessing
 from utils.files import is_temporary, write_json, write_text
-from utils.model_loader import load_model
+from utils.model_loader import export_model, load_model
 from utils.pretrained import read_manifest, sha256, verified_file
 
 

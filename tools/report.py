@@ -283,9 +283,11 @@ def paper_table(runs: list[Run], dataset: str = "cifar10", depths: tuple[int, ..
 
 # CIFAR-10 ResNet-20, full precision → ternarized, as each ternarizer's paper reports it (their code and schedule).
 REPORTED_RESNET20 = {"paper": "91.70 → 91.65 (He et al.)", "ttq": "91.77 → 91.13 (Zhu et al.)",
-                     "twn": "none (Li & Liu report no CIFAR ResNet)"}
+                     "twn": "none (Li & Liu report no CIFAR ResNet)",
+                     "absmean": "none (Ma et al. report language models)"}
 QUANTIZER_NAMES = {"paper": "the paper's (Δ = 0.05·max\\|W\\|, α = mean above Δ)", "twn": "TWN (Δ = 0.7·mean\\|W\\|)",
-                   "ttq": "TTQ (Δ = 0.05·max\\|W\\|, trained W_p, W_n)"}
+                   "ttq": "TTQ (Δ = 0.05·max\\|W\\|, trained W_p, W_n)",
+                   "absmean": "BitNet b1.58 absmean (γ = mean\\|W\\|, ±γ above γ/2)"}
 
 
 def shipped_files(dataset: str, manifest: str | None = None) -> dict[str, str]:

@@ -43,12 +43,11 @@ import torch
 import torch.nn as nn
 
 from models import ARCHS
-from models.ternary import QUANTIZERS, TTQ_SCALES, ternary_layers
+from models.ternary import QUANTIZERS, SCALE_NAMES, ternary_layers
 
 from .data import check_preprocessing_record
 from .errors import UserError
 from .files import write_bytes
-from .onnx_export import export_onnx, is_onnx_file
 
 MAGIC = b"TERNPACK"
 VERSION = 2
@@ -117,11 +116,11 @@ def ternary_codes(layer: nn.Module) -> tuple[np.ndarray, list[float], list[float
     """Digits m·sign(W) + t_ex (0 .. 2·t_ex) of a ternary layer's effective weight, the
     α_k of its branches and, for TTQ, the negative scale [W_n] (its α is [W_p]); None else."""
     terms = layer.ternary_terms()
-    if layer.quantizer == "ttq":
-        (positive, positive_scale), (negative, negative_scale) = terms
-        signed, alphas, negative_alphas = positive + negative, [positive_scale], [negative_scale]
+    signed = sum(code.to(torch.int64) for code, _ in terms)
+    if layer.strategy.signed_scales:  # (+codes, positive scale), (−codes, negative scale)
+        (_, positive_scale), (_, negative_scale) = terms
+        alphas, negative_alphas = [positive_scale], [negative_scale]
     else:
-        signed = sum(code.to(torch.int64) for code, _ in terms)
         alphas, negative_alphas = [alpha for _, alpha in terms], None
     alphas = torch.stack(alphas).tolist()
     negative_alphas = torch.stack(negative_alphas).tolist() if negative_alphas else None
@@ -162,7 +161,7 @@ def _layer_entries(model: nn.Module, encoding: str) -> tuple[list[dict], list[by
     applied_biases = {f"{name}.bias" if name else "bias": layer.applied_bias()
                       for name, layer in ternary_layers(model) if layer.bias_copies != 1}
     for key, tensor in model.state_dict().items():
-        if key.rpartition(".")[2] in TTQ_SCALES:  # stored in their layer's ternary entry
+        if key.rpartition(".")[2] in SCALE_NAMES:  # trained scales are stored in their layer's ternary entry
             continue
         tensor = applied_biases.get(key, tensor)
         entry = {"name": key, "shape": list(tensor.shape)}
@@ -405,17 +404,3 @@ def add_preprocessing(path: str, target: str, preprocessing: dict, input_shape: 
     data = body + hashlib.sha256(body).digest()
     write_bytes(target, data)
     return len(data)
-
-
-def export_model(model: nn.Module, path: str, input_shape: tuple[int, int, int], encoding: str = "dense",
-                 preprocessing: dict | None = None) -> str:
-    """Write `model` as a packed file (PATH.tern) or ONNX (PATH.onnx), by the suffix, with
-    its `preprocessing` record; returns the line that tells what was written."""
-    if is_onnx_file(path):
-        written = export_onnx(model, path, input_shape, preprocessing=preprocessing)
-        kind = (f"{written['ternary_layers']} ternary layers as int4 codes" if written["ternary_layers"]
-                else "no ternary layers: a plain float32 model")
-        return (f"=> wrote {path} ({written['bytes']:,} bytes, {kind}; the float32 ONNX of the same graph: "
-                f"{written['fp32_bytes']:,} bytes, {written['fp32_bytes'] / written['bytes']:.2f}× larger)")
-    size = export_packed(model, path, encoding, input_shape, preprocessing)
-    return f"=> wrote {path} ({size:,} bytes, {encoding} encoding)"

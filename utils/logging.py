@@ -77,7 +77,7 @@ class TensorBoardLog:
         for name, layer in ternary_layers(model):
             stats = layer_stats(layer)
             self.writer.add_scalar(f"sparsity/{name}", stats["sparsity"], step)
-            labels = ("positive", "negative") if stats["quantizer"] == "ttq" else [f"branch{k}" for k in range(len(stats["alphas"]))]
+            labels = layer.strategy.scale_names or [f"branch{k}" for k in range(len(stats["alphas"]))]
             for label, alpha in zip(labels, stats["alphas"]):
                 self.writer.add_scalar(f"alpha/{name}/{label}", alpha, step)
         self.writer.flush()

@@ -1,6 +1,7 @@
 """Where every model comes from: built fresh (optionally from pretrained weights), or
 loaded from a file of any kind this project reads — a training checkpoint (ours or the
-authors'), a packed .tern file or an ONNX file. main.py and every tool use these two.
+authors'), a packed .tern file or an ONNX file. main.py and every tool use these two, and
+export_model, which writes a model as either inference file by the suffix.
 
     model = build_model(ModelChoice("tern_resnet20"), info, pretrained="resnet18.pth")
     loaded = load_model("save/run/model_best.pth.tar", info)      # the network the file records
@@ -20,8 +21,8 @@ import models
 from .checkpoint import check_recorded_args, extract_state_dict, load_checkpoint, load_weights, restore_model
 from .data import DatasetInfo, check_preprocessing_record
 from .errors import UserError
-from .export import is_packed_file, load_packed
-from .onnx_export import OnnxModel, is_onnx_file
+from .export import export_packed, is_packed_file, load_packed
+from .onnx_export import OnnxModel, export_onnx, is_onnx_file
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,17 @@ def load_model(path: str, info: DatasetInfo, dataset: str = "the data set", choi
         log(f"=> {path} is a reference checkpoint: REL layers {', '.join(reference_bias)} add their bias "
             "once per branch, as the reference does")
     return LoadedModel(model, kind, checkpoint)
+
+
+def export_model(model: nn.Module, path: str, input_shape: tuple[int, int, int], encoding: str = "dense",
+                 preprocessing: dict | None = None) -> str:
+    """Write `model` as a packed file (PATH.tern) or ONNX (PATH.onnx), by the suffix, with
+    its `preprocessing` record; returns the line that tells what was written."""
+    if is_onnx_file(path):
+        written = export_onnx(model, path, input_shape, preprocessing=preprocessing)
+        kind = (f"{written['ternary_layers']} ternary layers as int4 codes" if written["ternary_layers"]
+                else "no ternary layers: a plain float32 model")
+        return (f"=> wrote {path} ({written['bytes']:,} bytes, {kind}; the float32 ONNX of the same graph: "
+                f"{written['fp32_bytes']:,} bytes, {written['fp32_bytes'] / written['bytes']:.2f}× larger)")
+    size = export_packed(model, path, encoding, input_shape, preprocessing)
+    return f"=> wrote {path} ({size:,} bytes, {encoding} encoding)"

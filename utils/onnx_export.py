@@ -29,6 +29,7 @@ from models.ternary import inference_twin, ternary_layers
 
 from .data import check_preprocessing_record
 from .errors import UserError
+from .export import packed_terms
 from .files import write_bytes
 
 PREPROCESSING_KEY = "ternary_cnn.preprocessing"  # metadata_props key: data set, input shape, mean/std, classes
@@ -44,8 +45,6 @@ def _ternary_codes(model: nn.Module) -> dict[str, list[tuple[np.ndarray, float]]
     """(int8 codes in {-1, 0, 1}, scale) of every term of every ternary weight, by initializer
     name: α_k per REL branch; for TTQ the positive codes with W_p and the negative codes with
     W_n. A model loaded from a packed file has plain layers: its terms come from the file."""
-    from .export import packed_terms  # export.py imports this module
-
     terms = {f"{name}.weight" if name else "weight": layer.ternary_terms() for name, layer in ternary_layers(model)}
     terms = terms or packed_terms(model)
     return {name: [(code.cpu().numpy(), float(scale)) for code, scale in layer_terms]

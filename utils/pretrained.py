@@ -133,7 +133,7 @@ def family_of(name: str) -> str:
 def _untrained(entry: dict, **kwargs) -> nn.Module:
     """The architecture of a shipped family with fresh weights (models.get_model)."""
     variant = _NAME.match(entry["name"])["variant"]
-    quantizer = variant if variant in models.QUANTIZERS and variant != "paper" else "paper"
+    quantizer = variant if variant in models.QUANTIZERS else "paper"  # variant "tern": the paper's
     options = {"num_classes": len((entry.get("preprocessing") or {}).get("classes") or []) or 10, **kwargs}
     try:
         return models.get_model(entry["arch"], quantizer=quantizer, **options)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
-from models.ternary import TTQ_SCALES
+from models.ternary import SCALE_NAMES
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compression import compression_report, format_report
@@ -39,8 +39,8 @@ def make_optimizer(model: nn.Module, name: str, learning_rate: float, momentum: 
     """SGD with Nesterov momentum (the CIFAR recipe) or Adam (the ImageNet recipe). TTQ's
     scales W_p, W_n are trained by the same optimiser, in a group of their own without
     weight decay (they are the layer's magnitudes, which decay would pull towards 0)."""
-    scales = [p for n, p in model.named_parameters() if n.rpartition(".")[2] in TTQ_SCALES]
-    others = [p for n, p in model.named_parameters() if n.rpartition(".")[2] not in TTQ_SCALES]
+    scales = [p for n, p in model.named_parameters() if n.rpartition(".")[2] in SCALE_NAMES]
+    others = [p for n, p in model.named_parameters() if n.rpartition(".")[2] not in SCALE_NAMES]
     groups = [{"params": others}, {"params": scales, "weight_decay": 0.0}] if scales else others
     if name == "SGD":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=True)
