@@ -161,3 +161,11 @@ def test_a_bad_preprocessing_record_is_refused(tmp_path):
     edited = rewrite_tern(source, tmp_path / "bad.tern", lambda h: h["preprocessing"].update(std=[0, 1, 1]))
     with pytest.raises(UserError, match="invalid preprocessing record"):
         load_packed(edited)
+
+
+def test_the_card_command_writes_the_card_without_data(tmp_path):
+    shutil.copytree(os.path.join(PRETRAINED_ROOT, "cifar10"), tmp_path / "cifar10")
+    (tmp_path / "cifar10" / "README.md").unlink()
+    assert publish.main(["--card", "cifar10", "--pretrained", str(tmp_path)]) == 0
+    with open(os.path.join(PRETRAINED_ROOT, "cifar10", "README.md")) as f:
+        assert (tmp_path / "cifar10" / "README.md").read_text() == f.read()

@@ -81,7 +81,8 @@ BAD_INPUTS = [
     ("publish", ["{eval}", "--data_path", "x"], "holds an evaluation"),
     ("publish", ["{missing}", "--data_path", "x"], "no such run folder"),
     ("publish", ["{bad_record}", "--data_path", "x"], "not valid JSON"),
-    ("publish", ["{fp}", "--data_path", "x", "--refresh", "cifar10"], "not both"),
+    ("publish", ["{fp}", "--data_path", "x", "--refresh", "cifar10"], "one of them"),
+    ("publish", ["{fp}"], "--data_path is needed"),
     ("publish", ["--data_path", "x", "--refresh", "cifar10", "--pretrained", "{missing}"], "nothing of cifar10"),
     ("precision", ["--nosuch"], "unrecognized arguments"),
 ]
