@@ -399,3 +399,29 @@ def test_a_protocol_5_pickle_is_refused_without_torchs_warning(tmp_path, capsys)
         pickle.dump({"state_dict": {}, "run": os.system}, f, protocol=5)
     code, err = run_main(["--evaluate", "--resume", str(tmp_path / "p5.pth")], capsys)
     assert code == 2 and err.count("\n") == 1 and "nothing in it was run" in err
+
+
+def test_refresh_writes_the_preprocessing_into_shipped_files_and_keeps_their_top1(runs, tmp_path, capsys):
+    assert publish.main([str(runs / "tern_resnet20"), *publish_roots(tmp_path)]) == 0
+    folder = tmp_path / "p" / "digits"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (entry,) = manifest["files"]
+    shipped = folder / entry["file"]
+    model = load_packed(str(shipped))
+    old = rewrite_tern(shipped, tmp_path / "old.tern", lambda h: (h.pop("preprocessing"), h.pop("input_shape")))
+    shutil.copy(old, shipped)  # a file written before the record existed
+    entry["sha256"] = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert load_packed(str(shipped)).preprocessing is None
+    assert publish.main(["--refresh", "digits", *publish_roots(tmp_path)]) == 0
+    (refreshed,) = json.loads((folder / "manifest.json").read_text())["files"]
+    assert refreshed["top1"] == entry["top1"] and refreshed["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert load_packed(str(shipped)).preprocessing["classes"] == [str(d) for d in range(10)]
+    assert all(torch.equal(a, b) for a, b in zip(load_packed(str(shipped)).state_dict().values(),
+                                                 model.state_dict().values()))
+    refreshed["top1"] += 1  # a manifest that disagrees with the file's evaluation: nothing changes
+    (folder / "manifest.json").write_text(json.dumps({"files": [refreshed]}))
+    before = shipped.read_bytes()
+    assert "nothing was changed" in one_line_error(capsys, publish.main(["--refresh", "digits",
+                                                                         *publish_roots(tmp_path)]))
+    assert shipped.read_bytes() == before and not [n for n in os.listdir(folder) if n.startswith(".publish-")]
