@@ -295,3 +295,16 @@ def test_jpeg_ab_table_pairs_seeds_and_gives_standard_errors(tmp_path):
     # gap(jpeg/jpeg) = 66 − 68, 65 − 68 = −2, −3; gap(lossless/lossless) = −1, −2: differences −1, −1
     assert "| does jpeg cost the ternarized net more? gap(jpeg/jpeg) − gap(lossless/lossless) | -1.00 ± 0.00 (n=2) | |" \
         in lines
+
+
+def test_the_jpeg_ab_lists_the_shipped_models_test_side_cost(tmp_path):
+    for name, seed, tops in (("tern_resnet20_e40", 1, (87.1, 86.8)), ("tern_resnet20_e40", 2, (85.9, 85.3))):
+        for kind, top1 in zip(("lossless", "jpeg"), tops):
+            folder = tmp_path / "shipped" / f"{name}_seed{seed}_test_{kind}"
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps({
+                "mode": "evaluate", "status": "complete", "arch": "tern_resnet20", "dataset": "cifar10", "top1": top1,
+                "source": f"pretrained/cifar10/{name}_seed{seed}.tern", "args": {"data_path": f"data/paired/{kind}"}}))
+    lines = report.jpeg_ab_table(report.find_runs([str(tmp_path)])).splitlines()
+    assert "| tern_resnet20_e40_seed1 | 87.10 | 86.80 | -0.30 |" in lines
+    assert "| tern_resnet20_e40, mean over seeds ± standard error | | | -0.45 ± 0.15 (n=2) |" in lines

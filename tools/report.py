@@ -407,7 +407,33 @@ def jpeg_ab_table(runs: list[Run], kinds: tuple[str, str] = ("lossless", "jpeg")
 
     lines.append(f"| does {lossy} cost the ternarized net more? gap({lossy}/{lossy}) − gap({clean}/{clean}) | "
                  f"{_paired(gap(lossy, lossy), gap(clean, clean))} | |")
+    shipped = shipped_test_side(runs, kinds)
+    if shipped:
+        lines += ["", f"| shipped model (trained on the whole JPEG copy) | tested on {clean} | tested on {lossy} | "
+                  f"{lossy} − {clean} |", "|---|---|---|---|"]
+        lines += [f"| {name} | {top1[clean]:.2f} | {top1[lossy]:.2f} | {top1[lossy] - top1[clean]:+.2f} |"
+                  for name, top1 in shipped.items()]
+        groups: dict[str, dict[int, float]] = {}
+        for name, top1 in shipped.items():
+            family, _, seed = name.rpartition("_seed")
+            groups.setdefault(family, {})[int(seed)] = top1[lossy] - top1[clean]
+        for family, diffs in groups.items():
+            if len(diffs) > 1:
+                lines.append(f"| {family}, mean over seeds ± standard error | | | "
+                             f"{_paired(diffs, dict.fromkeys(diffs, 0.0))} |")
     return "\n".join(lines)
+
+
+def shipped_test_side(runs: list[Run], kinds: tuple[str, str]) -> dict[str, dict[str, float]]:
+    """{shipped model: {test data: top-1}} of the evaluations of files from pretrained/ on both
+    test sets: what the JPEG test images cost a model trained on the whole data."""
+    found: dict[str, dict[str, float]] = {}
+    for run in runs:
+        if run.mode == "evaluate" and run.source and run.best_top1 is not None and (
+                os.path.normpath(run.source).split(os.sep)[0] == "pretrained"):
+            name = os.path.splitext(os.path.basename(run.source))[0]
+            found.setdefault(name, {})[_data_kind(run.args)] = run.best_top1
+    return {name: top1 for name, top1 in sorted(found.items()) if set(kinds) <= top1.keys()}
 
 
 def readme_block(text: str, name: str) -> tuple[int, int]:
