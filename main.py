@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--learning_rate", type=float, default=None, help="initial learning rate")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--decay", type=float, default=None, help="weight decay")
+    optim.add_argument("--scale_lr", type=float, default=1.0, metavar="FACTOR",
+                       help="learning-rate multiplier of the quantizer's trained scales (TTQ's W_p, W_n), which get "
+                            "gradients summed over their whole layer; TTQ's own code uses 1")
     optim.add_argument("--schedule", type=int, nargs="+", default=None, help="epochs at which the lr is multiplied")
     optim.add_argument("--gammas", type=float, nargs="+", default=None, help="lr factor at each --schedule epoch")
     run = parser.add_argument_group("checkpoints and logging")
@@ -182,6 +185,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         (_positive_finite(args.learning_rate), f"--learning_rate must be a positive finite number, got {args.learning_rate}"),
         (math.isfinite(args.momentum) and 0 <= args.momentum < 1, f"--momentum must lie in [0, 1), got {args.momentum}"),
         (math.isfinite(args.decay) and args.decay >= 0, f"--decay must be a finite number ≥ 0, got {args.decay}"),
+        (_positive_finite(args.scale_lr), f"--scale_lr must be a positive finite number, got {args.scale_lr}"),
         (all(_positive_finite(g) for g in args.gammas),
          f"--gammas must be positive finite numbers, got {' '.join(map(str, args.gammas))}"),
         (all(m >= 1 for m in args.schedule), f"--schedule epochs must be at least 1, got {' '.join(map(str, args.schedule))}"),
@@ -338,7 +342,8 @@ def default_evaluation_path(args: argparse.Namespace) -> str:
 # Resume rules: which settings a continued run takes from its checkpoint.
 # Flags that define the experiment; the dest of `auto_thresholds` is set by --tfactors.
 RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "threshold_every", "quantizer", "first_last",
-                "optimizer", "learning_rate", "momentum", "decay", "batch_size", "schedule", "gammas", "manualSeed",
+                "optimizer", "learning_rate", "momentum", "decay", "scale_lr", "batch_size", "schedule", "gammas",
+                "manualSeed",
                 "subset")
 _FLAG_OF = {"auto_thresholds": "tfactors"}
 # Flags a resumed run takes from the checkpoint when not given, and may change.
@@ -346,7 +351,7 @@ CARRIED_OVER = ("data_path", "cache_dir", "amp", "amp_dtype", "channels_last", "
 # Flags that define the network: what an evaluation, export or fine-tuning of a checkpoint takes from it.
 MODEL_DEFINING = ("arch", "tex", "tfactors", "auto_thresholds", "quantizer", "first_last")
 # What a checkpoint written before a flag existed ran with.
-PRE_FLAG_DEFAULTS = {"quantizer": "paper"}
+PRE_FLAG_DEFAULTS = {"quantizer": "paper", "scale_lr": 1.0}
 
 
 def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
@@ -612,7 +617,8 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
         model = load_run_model(args, kind, checkpoint, info, device, logger)
         state = TrainingState(args.start_epoch)
         if not args.evaluate:
-            optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.decay)
+            optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.decay,
+                                       args.scale_lr)
             scheduler = make_scheduler(optimizer, args.schedule, args.gammas)
             if checkpoint is not None and not args.fine_tune:
                 settings = OptimizerSettings(args.optimizer, args.learning_rate, args.momentum, args.decay)

@@ -47,9 +47,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = ("results.json", "log.txt", "curve.png")
 # The flags of main.py that define a training run, in the order the training command gives them.
 TRAINING_FLAGS = ("dataset", "arch", "tex", "tfactors", "threshold_every", "quantizer", "first_last", "epochs", "optimizer",
-                  "learning_rate", "momentum", "decay", "batch_size", "schedule", "gammas", "manualSeed", "subset")
+                  "learning_rate", "momentum", "decay", "scale_lr", "batch_size", "schedule", "gammas", "manualSeed",
+                  "subset")
 # What a default flag value looks like in older records, which may lack the flag: left out of the command.
-DEFAULT_VALUES = {"quantizer": "paper", "threshold_every": 0, "subset": None}
+DEFAULT_VALUES = {"quantizer": "paper", "threshold_every": 0, "subset": None, "scale_lr": 1.0}
 _STAGING_PREFIX = ".publish-"
 _PR_SET_PDEATHSIG = 1
 

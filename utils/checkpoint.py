@@ -170,6 +170,7 @@ _RECORDED_ARGS = {
     "learning_rate": lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
     "momentum": lambda v: type(v) in (int, float) and 0 <= v < 1,
     "decay": lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0,
+    "scale_lr": lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
     "schedule": lambda v: isinstance(v, list) and all(type(m) is int and m >= 1 for m in v),
     "gammas": lambda v: _finite_list(v, positive=True),
     "manualSeed": lambda v: type(v) is int and 0 <= v < 2 ** 32,
