@@ -42,7 +42,7 @@ from utils.export import ENCODINGS
 from utils.files import write_json
 from utils.hardware import Precision, precision_hint, prepare_model, select_device, unwrap
 from utils.logging import make_logger
-from utils.model_loader import ModelChoice, build_model, export_model, file_format, load_model
+from utils.model_loader import ModelChoice, build_model, export_model, file_format, load_model, recorded_preprocessing
 from utils.onnx_export import is_onnx_file
 from utils.resume import OptimizerSettings, TrainingState, resume_training
 from utils.results import model_statistics, run_record
@@ -406,12 +406,13 @@ def adopt_model_args(args: argparse.Namespace, checkpoint: dict) -> None:
                 setattr(args, key, saved[key])
 
 
-def adopt_recorded_dataset(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
-    """--evaluate of a checkpoint without --dataset: the data set (and, without --data_path,
-    the folder) it was trained on; with a --dataset that differs, the log says so."""
-    saved = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+def adopt_recorded_dataset(args: argparse.Namespace, saved: dict, log: Callable[[str], None]) -> None:
+    """--evaluate without --dataset: the data set the file records it was trained on (a
+    checkpoint's args, a .tern's or ONNX file's preprocessing record) and, without
+    --data_path, the folder a checkpoint records; with a --dataset that differs, the log
+    says so."""
     trained_on = saved.get("dataset")
-    if trained_on is None or trained_on == args.dataset:
+    if trained_on not in DATASETS or trained_on == args.dataset:
         return
     if "dataset" in args.explicit:
         log(f"=> {args.resume} was trained on {trained_on}; evaluating it on --dataset {args.dataset}")
@@ -434,7 +435,8 @@ def read_resume_checkpoint(args: argparse.Namespace, kind: str | None, log: Call
     if args.evaluate or args.fine_tune or args.export:
         adopt_model_args(args, checkpoint)
         if args.evaluate:
-            adopt_recorded_dataset(args, checkpoint, log)
+            adopt_recorded_dataset(args, checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {},
+                                   log)
     else:
         adopt_checkpoint_args(args, checkpoint, log)
         if "save_path" not in args.explicit:
@@ -606,6 +608,8 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
     kind = resume_kind(args)
     notes: list[str] = list(args.notes)
     checkpoint = read_resume_checkpoint(args, kind, notes.append)
+    if args.evaluate and kind in ("packed", "onnx"):
+        adopt_recorded_dataset(args, recorded_preprocessing(args.resume, kind) or {}, notes.append)
     if args.export:
         run_export(args, kind, checkpoint, device, context)
         return

@@ -2,6 +2,7 @@
 utils.pretrained's load_pretrained / list_pretrained, the model card generated from the
 manifest, and the preprocessing every model file carries."""
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -138,6 +139,11 @@ def test_a_folder_run_keeps_its_normalisation_and_classes_in_every_file_kind(tmp
                           str(data), "--export", str(tmp_path / f"m.{suffix}")]) == 0
     assert load_packed(str(tmp_path / "m.tern")).preprocessing == record
     assert OnnxModel(str(tmp_path / "m.onnx")).preprocessing == record
+    for suffix in ("tern", "onnx"):  # evaluated without --dataset: the file's own record names the data set
+        out = tmp_path / f"eval_{suffix}"
+        assert main.main(["--evaluate", "--resume", str(tmp_path / f"m.{suffix}"), "--data_path", str(data),
+                          "--save_path", str(out)]) == 0
+        assert json.loads((out / "results.json").read_text())["dataset"] == "folder"
 
 
 def test_files_written_before_the_record_still_load(tmp_path):

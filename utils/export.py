@@ -320,6 +320,11 @@ def _check_tensors_fit(header: dict, path: str) -> None:
                             f"{tensor.dtype} {list(tensor.shape)}")
 
 
+def read_packed_header(path: str) -> dict:
+    """The checked header of a packed file (no tensors decoded)."""
+    return _read_verified(path)[0]
+
+
 def _expected_nbytes(entry: dict, encoding: str) -> int:
     count = math.prod(entry["shape"])
     if entry["kind"] == "ternary":

@@ -21,7 +21,7 @@ import models
 from .checkpoint import check_recorded_args, extract_state_dict, load_checkpoint, load_weights, restore_model
 from .data import DatasetInfo, check_preprocessing_record
 from .errors import UserError
-from .export import export_packed, is_packed_file, load_packed
+from .export import export_packed, is_packed_file, load_packed, read_packed_header
 from .onnx_export import OnnxModel, export_onnx, is_onnx_file
 
 
@@ -109,6 +109,14 @@ def _check_fits(path: str, classes: object, shape: tuple, info: DatasetInfo, dat
     if not (shape_ok and classes_ok):
         raise UserError(f"{path} takes {shape} images and gives {classes} classes; {dataset} has {expected} "
                         f"and {info.num_classes}")
+
+
+def recorded_preprocessing(path: str, kind: str) -> dict | None:
+    """The preprocessing record of a .tern or ONNX file (its data set, input, normalisation,
+    classes), read without building the model; None when the file predates the record."""
+    if kind == "packed":
+        return read_packed_header(path).get("preprocessing")
+    return OnnxModel(path).preprocessing
 
 
 def load_model(path: str, info: DatasetInfo, dataset: str = "the data set", choice: ModelChoice | None = None,
