@@ -373,8 +373,9 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> str:
     """mean ± standard error (n) of a − b over the seeds both have."""
     diffs = [a[seed] - b[seed] for seed in sorted(a.keys() & b.keys())]
     if len(diffs) < 2:
-        return f"{diffs[0]:+.2f} (n=1)" if diffs else "—"
-    return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f} (n={len(diffs)})"
+        return f"{round(diffs[0], 2) + 0.0:+.2f} (n=1)" if diffs else "—"  # + 0.0: no "-0.00"
+    mean = round(statistics.mean(diffs), 2) + 0.0
+    return f"{mean:+.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f} (n={len(diffs)})"
 
 
 def jpeg_ab_table(runs: list[Run], kinds: tuple[str, str] = ("lossless", "jpeg")) -> str:
