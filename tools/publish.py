@@ -206,6 +206,26 @@ def publishing_lock(pretrained_dir: str):
         os.close(handle)
 
 
+@contextlib.contextmanager
+def staging_folder(pretrained_dir: str, label: str):
+    """A new staging folder beside the manifest (named so that the next publish removes it if
+    this process is killed), removed when the block ends; a failed write is a UserError."""
+    staging = os.path.join(pretrained_dir, f"{_STAGING_PREFIX}{label}.{os.getpid()}")
+    try:
+        os.makedirs(staging)
+        yield staging
+    except OSError as exc:
+        raise write_error(getattr(exc, "filename", None) or pretrained_dir, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def commit_manifest(pretrained_dir: str, manifest: dict) -> None:
+    """The commit point of a publish: the manifest, then the model card generated from it."""
+    write_json(os.path.join(pretrained_dir, "manifest.json"), manifest)
+    write_text(os.path.join(pretrained_dir, "README.md"), model_card(manifest, shown_path(pretrained_dir)))
+
+
 def _half_published(name: str, results_dir: str, pretrained_dir: str, manifest: dict) -> list[str]:
     """Files of `name` that a killed publish left without a manifest entry listing them."""
     if any(entry["name"] == name for entry in manifest["files"]):
@@ -241,8 +261,7 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
         listed = [entry for entry in manifest["files"] if entry["name"] == name]
         if listed and not overwrite:
             raise UserError(f"{name} is already published ({results_dir}); pass --overwrite to replace it")
-        staging = os.path.join(pretrained_dir, f"{_STAGING_PREFIX}{name}.{os.getpid()}")
-        try:
+        with staging_folder(pretrained_dir, name) as staging:
             os.makedirs(os.path.join(staging, "records"))
             for record_name in RECORDS:
                 shutil.copyfile(os.path.join(run_dir, record_name), os.path.join(staging, "records", record_name))
@@ -268,12 +287,7 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
             manifest["files"] = sorted([e for e in manifest["files"] if e["name"] != name] + [entry],
                                        key=lambda e: e["name"])
             manifest["data"] = f"DATA is the data set folder; top-1 measured on {shown_path(data_path)}"
-            write_json(manifest_path, manifest)
-            write_text(os.path.join(pretrained_dir, "README.md"), model_card(manifest, shown_path(pretrained_dir)))
-        except OSError as exc:
-            raise write_error(getattr(exc, "filename", None) or pretrained_dir, exc) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            commit_manifest(pretrained_dir, manifest)
     return entry
 
 
@@ -290,9 +304,7 @@ def refresh(pretrained_root: str, dataset: str, data_path: str, log=print) -> di
     record, shape = preprocessing_record(info, dataset), (info.in_channels, info.image_size, info.image_size)
     with publishing_lock(pretrained_dir):
         manifest = read_manifest(manifest_path)
-        staging = os.path.join(pretrained_dir, f"{_STAGING_PREFIX}refresh.{os.getpid()}")
-        try:
-            os.makedirs(staging)
+        with staging_folder(pretrained_dir, "refresh") as staging:
             staged, entries = [], []
             for entry in manifest["files"]:
                 source, target = verified_file(entry, pretrained_dir), os.path.join(staging, entry["file"])
@@ -312,12 +324,7 @@ def refresh(pretrained_root: str, dataset: str, data_path: str, log=print) -> di
             for target in staged:
                 os.replace(target, os.path.join(pretrained_dir, os.path.basename(target)))
             manifest["files"] = entries
-            write_json(manifest_path, manifest)
-            write_text(os.path.join(pretrained_dir, "README.md"), model_card(manifest, shown_path(pretrained_dir)))
-        except OSError as exc:
-            raise write_error(getattr(exc, "filename", None) or pretrained_dir, exc) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            commit_manifest(pretrained_dir, manifest)
     return manifest
 
 
