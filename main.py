@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight ternarizer of the ternarized layers: " + "; ".join(
                            f"{name}: {models.get_quantizer(name).summary}" for name in models.QUANTIZERS)
                        + ". Only the paper's has REL (--tex) and optimised thresholds")
-    model.add_argument("--first_last", choices=["tern", "fp"], default=None,
-                       help="ternarize the first conv and last linear layer (tern) or keep them full precision (fp)")
+    model.add_argument("--first_last", choices=list(models.FIRST_LAST), default=None,
+                       help="ternarize the first conv and last linear layer (tern), keep both full precision (fp), "
+                            "or only the first conv (first_fp, as TTQ's own CIFAR code)")
     model.add_argument("--pretrained", default=None, metavar="PATH",
                        help="full-precision state_dict (e.g. torchvision's resnet18 file) to start from, or "
                             "'torchvision' to download torchvision's ImageNet weights of the arch (ResNets)")
@@ -107,14 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--epochs", type=int, default=None,
                        help="training length; without --schedule the recipe's lr steps are kept when they all fall "
                             "before it, else scaled to the same fractions of it")
-    optim.add_argument("--optimizer", choices=["SGD", "Adam"], default=None, help="SGD uses Nesterov momentum")
+    optim.add_argument("--optimizer", choices=["SGD", "Adam"], default=None, help="SGD or Adam")
     optim.add_argument("--batch_size", type=int, default=None, help="images per step (per process under torchrun)")
     optim.add_argument("--learning_rate", type=float, default=None, help="initial learning rate")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                       help="SGD with Nesterov momentum (the paper's recipe); --no-nesterov: plain momentum (TTQ's code)")
     optim.add_argument("--decay", type=float, default=None, help="weight decay")
-    optim.add_argument("--scale_lr", type=float, default=1.0, metavar="FACTOR",
+    optim.add_argument("--scale_lr", type=float, default=None, metavar="FACTOR",
                        help="learning-rate multiplier of the quantizer's trained scales (TTQ's W_p, W_n), which get "
-                            "gradients summed over their whole layer; TTQ's own code uses 1")
+                            "gradients summed over their whole layer (unset: the quantizer's, 0.001 for TTQ; TTQ's own "
+                            "code uses 1)")
     optim.add_argument("--schedule", type=int, nargs="+", default=None, help="epochs at which the lr is multiplied")
     optim.add_argument("--gammas", type=float, nargs="+", default=None, help="lr factor at each --schedule epoch")
     run = parser.add_argument_group("checkpoints and logging")
@@ -220,9 +224,8 @@ def validate_model_flags(args: argparse.Namespace) -> None:
         raise UserError(f"unknown --arch {args.arch}; valid archs: {', '.join(models.list_archs())}")
     if args.resume:
         return
-    first_last = None if args.first_last is None else args.first_last == "tern"
     try:
-        factors, _ = models.resolve_tfactors(args.arch, args.tex, args.tfactors, first_last)
+        factors, _ = models.resolve_tfactors(args.arch, args.tex, args.tfactors, args.first_last)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.auto_thresholds and factors is None:
@@ -248,6 +251,10 @@ def validate_quantizer(args: argparse.Namespace, factors: tuple[float, ...] | No
         strategy.check(len(factors))
     except ValueError as exc:
         raise UserError(f"{exc}; drop --tex" + (" / give one --tfactors value" if strategy.tfactor else "")) from None
+    try:
+        strategy.layer_classes()  # a method from an optional extra: installed?
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def recorded_args(args: argparse.Namespace) -> dict:
@@ -260,6 +267,8 @@ def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in recipe.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.scale_lr is None:
+        args.scale_lr = models.get_quantizer(args.quantizer).default_scale_lr
     args.auto_thresholds = args.tfactors == ["auto"]
     if args.auto_thresholds:
         args.tfactors = None
@@ -342,7 +351,7 @@ def default_evaluation_path(args: argparse.Namespace) -> str:
 # Resume rules: which settings a continued run takes from its checkpoint.
 # Flags that define the experiment; the dest of `auto_thresholds` is set by --tfactors.
 RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "threshold_every", "quantizer", "first_last",
-                "optimizer", "learning_rate", "momentum", "decay", "scale_lr", "batch_size", "schedule", "gammas",
+                "optimizer", "learning_rate", "momentum", "nesterov", "decay", "scale_lr", "batch_size", "schedule", "gammas",
                 "manualSeed",
                 "subset")
 _FLAG_OF = {"auto_thresholds": "tfactors"}
@@ -351,7 +360,7 @@ CARRIED_OVER = ("data_path", "cache_dir", "amp", "amp_dtype", "channels_last", "
 # Flags that define the network: what an evaluation, export or fine-tuning of a checkpoint takes from it.
 MODEL_DEFINING = ("arch", "tex", "tfactors", "auto_thresholds", "quantizer", "first_last")
 # What a checkpoint written before a flag existed ran with.
-PRE_FLAG_DEFAULTS = {"quantizer": "paper", "scale_lr": 1.0}
+PRE_FLAG_DEFAULTS = {"quantizer": "paper", "scale_lr": 1.0, "nesterov": True}
 
 
 def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
@@ -622,10 +631,10 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
         state = TrainingState(args.start_epoch)
         if not args.evaluate:
             optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.decay,
-                                       args.scale_lr)
+                                       args.scale_lr, args.nesterov)
             scheduler = make_scheduler(optimizer, args.schedule, args.gammas)
             if checkpoint is not None and not args.fine_tune:
-                settings = OptimizerSettings(args.optimizer, args.learning_rate, args.momentum, args.decay)
+                settings = OptimizerSettings(args.optimizer, args.learning_rate, args.momentum, args.decay, args.nesterov)
                 state = resume_training(args.resume, checkpoint, settings, optimizer, scheduler, args.start_epoch,
                                         logger.info)
                 warn_on_world_size_change(checkpoint, args, context, logger)

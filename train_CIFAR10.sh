@@ -13,7 +13,9 @@
 #
 # Environment: ARCHS (resnet20 resnet32 resnet44 resnet56), VARIANTS (fp tern; also rel2,
 # rel4, tern_auto, rel2_auto, tern_fflf, and the peer quantizers twn, twn_fflf, ttq,
-# ttq_fflf, absmean: --quantizer twn|ttq|absmean, _fflf with the first and last layer full precision), SEEDS (number of seeds, 1), FIRST_SEED (5000),
+# ttq_fflf, ttq_ff, absmean, brevitas: --quantizer NAME, _fflf with the first and last layer full
+# precision, _ff with only the first conv (TTQ's code; brevitas needs requirements-peers.txt)),
+# SEEDS (number of seeds, 1), FIRST_SEED (5000),
 # EPOCHS (200; the lr steps stay at 40%/60%/80% of the epochs, as 80/120/160 of 200),
 # PRECISION (auto: bf16 where this machine computes it natively, else fp32, as
 # `python -m tools.precision` prints; bf16: --amp --channels_last, 1.9x fp32
@@ -60,9 +62,10 @@ variant_args() {  # variant_args VARIANT ARCH: main.py's model flags
         rel4) echo "--arch tern_$2 --tex 4" ;;
         tern_auto) echo "--arch tern_$2 --tfactors auto" ;;
         rel2_auto) echo "--arch tern_$2 --tex 2 --tfactors auto" ;;
-        twn|ttq|absmean) echo "--arch tern_$2 --quantizer $1" ;;
+        twn|ttq|absmean|brevitas) echo "--arch tern_$2 --quantizer $1" ;;
         twn_fflf|ttq_fflf) echo "--arch tern_$2 --quantizer ${1%_fflf} --first_last fp" ;;
-        *) echo "unknown variant '$1' (fp tern tern_fflf rel2 rel4 tern_auto rel2_auto twn twn_fflf ttq ttq_fflf absmean)" >&2
+        ttq_ff) echo "--arch tern_$2 --quantizer ttq --first_last first_fp" ;;
+        *) echo "unknown variant '$1' (fp tern tern_fflf rel2 rel4 tern_auto rel2_auto twn twn_fflf ttq ttq_fflf ttq_ff absmean brevitas)" >&2
            return 1 ;;
     esac
 }

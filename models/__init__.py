@@ -12,12 +12,12 @@ from .alexnet import alexnet_bn
 from .resnet_cifar import cifar_resnet
 from .resnet_imagenet import imagenet_resnet
 from .quantizers import get_quantizer
-from .ternary import (QUANTIZERS, TernConv2d, TernLinear, as_tfactors, check_quantizer, inference_twin, layer_bias_copies, layer_stats, layer_tfactors,
+from .ternary import (FIRST_LAST, QUANTIZERS, FirstLast, first_last_name, TernConv2d, TernLinear, as_tfactors, check_quantizer, inference_twin, layer_bias_copies, layer_stats, layer_tfactors,
                       model_sparsity, optimize_model_thresholds, optimize_thresholds, paper_tfactors,
                       reconstruction_error, set_layer_bias_copies, set_layer_tfactors, ternarize, ternarize_model,
                       ternary_layers, use_reference_rel_bias)
 
-__all__ = ["ArchSpec", "ARCHS", "QUANTIZERS", "check_quantizer", "get_quantizer", "get_model", "list_archs", "TernConv2d", "TernLinear",
+__all__ = ["ArchSpec", "ARCHS", "FIRST_LAST", "QUANTIZERS", "first_last_name", "check_quantizer", "get_quantizer", "get_model", "list_archs", "TernConv2d", "TernLinear",
            "ternarize",
            "ternarize_model", "ternary_layers", "layer_stats", "model_sparsity", "paper_tfactors",
            "optimize_thresholds", "optimize_model_thresholds", "reconstruction_error", "layer_tfactors",
@@ -72,8 +72,9 @@ def list_archs() -> list[str]:
 
 
 def resolve_tfactors(arch: str, tex: int | None = None, tfactors: Sequence[float] | None = None,
-                     first_last: bool | None = None) -> tuple[tuple[float, ...] | None, bool]:
-    """The (tfactors, first_last) an arch gets after overrides; tfactors None = full precision."""
+                     first_last: FirstLast | None = None) -> tuple[tuple[float, ...] | None, FirstLast]:
+    """The (tfactors, first_last) an arch gets after overrides; tfactors None = full precision.
+    first_last: True or "tern", False or "fp", or "first_fp" (models.ternary.FIRST_LAST)."""
     spec = _spec(arch)
     if tex is not None and tfactors is not None and len(tfactors) != tex:
         raise ValueError(f"--tex {tex} disagrees with {len(tfactors)} threshold factors {tuple(tfactors)}")
@@ -84,7 +85,7 @@ def resolve_tfactors(arch: str, tex: int | None = None, tfactors: Sequence[float
         factors = paper_tfactors(tex)
     if factors is None and first_last is not None:
         raise ValueError(f"{arch} is full precision: give tex or tfactors to ternarize it")
-    return factors, spec.first_last if first_last is None else first_last
+    return factors, spec.first_last if first_last is None else first_last_name(first_last)
 
 
 def _spec(arch: str) -> ArchSpec:
@@ -94,23 +95,23 @@ def _spec(arch: str) -> ArchSpec:
 
 
 def get_model(arch: str, num_classes: int | None = None, in_channels: int = 3, *, tex: int | None = None,
-              tfactors: Sequence[float] | None = None, first_last: bool | None = None,
+              tfactors: Sequence[float] | None = None, first_last: FirstLast | None = None,
               quantizer: str = "paper") -> nn.Module:
     """Build a registered arch. `tex`, `tfactors` and `first_last` override the arch's
     ternarization (tex=k uses the paper's factors 0.05·1..k); `quantizer` picks the
     ternarizer of its ternarized layers (a name of models.quantizers.QUANTIZERS)."""
     spec = _spec(arch)
-    factors, keep_first_last_ternary = resolve_tfactors(arch, tex, tfactors, first_last)
+    factors, ends = resolve_tfactors(arch, tex, tfactors, first_last)
     if factors is None and quantizer != "paper":
         raise ValueError(f"{arch} is full precision: the {quantizer} quantizer needs a ternarized arch")
     num_classes = num_classes or DEFAULT_NUM_CLASSES[spec.family]
     model = spec.builder(num_classes=num_classes, in_channels=in_channels)
     if factors is not None:
-        ternarize_model(model, factors, first_last=keep_first_last_ternary, quantizer=quantizer)
+        ternarize_model(model, factors, first_last=ends, quantizer=quantizer)
     # What rebuilds this exact network (used by utils.export to write self-contained files).
     model.build_config = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels,
                           "tfactors": list(factors) if factors is not None else None,
-                          "first_last": keep_first_last_ternary, "quantizer": quantizer}
+                          "first_last": {"tern": True, "fp": False}.get(ends, ends), "quantizer": quantizer}
     return model
 
 

@@ -104,28 +104,36 @@ class TernaryLayerMixin:
 
     def configure(self, tfactors: float | Sequence[float], quantizer: str) -> None:
         """Set the threshold factors and the ternarizer. A layer that gets a method with
-        trained scales gets them at 1 (as TTQ's own code starts them); one that keeps the
+        trained scales gets them from the quantizer's initial_scales; one that keeps the
         method keeps its trained scales; one that leaves it drops them."""
         factors = as_tfactors(tfactors)
         check_quantizer(quantizer, len(factors))
         self.tfactors, self.quantizer = factors, quantizer
         self._cache_key = None
-        wanted = get_quantizer(quantizer).scale_names
+        strategy = get_quantizer(quantizer)
         for name in SCALE_NAMES:
-            if name not in wanted:
+            if name not in strategy.scale_names:
                 self._parameters.pop(name, None)
-            elif name not in self._parameters:
-                self.register_parameter(name, nn.Parameter(torch.ones((), device=self.weight.device)))
+        if any(name not in self._parameters for name in strategy.scale_names):
+            for name, value in zip(strategy.scale_names, strategy.initial_scales(self.weight, factors)):
+                self._parameters.pop(name, None)
+                self.register_parameter(name, nn.Parameter(value))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         """Full-precision or paper-quantizer weights have no trained scales: loading them into
-        a TTQ layer (fine-tuning) keeps its current W_p, W_n instead of failing strict loading."""
+        a TTQ layer (fine-tuning) starts its W_p, W_n afresh from the loaded weight (the
+        quantizer's initial_scales) instead of failing strict loading."""
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        for name in SCALE_NAMES:
-            if prefix + name in missing_keys:
-                missing_keys.remove(prefix + name)
+        missing = [name for name in self.strategy.scale_names if prefix + name in missing_keys]
+        for name in missing:
+            missing_keys.remove(prefix + name)
+        if missing and prefix + "weight" in state_dict:
+            with torch.no_grad():
+                for name, value in zip(self.strategy.scale_names, self.strategy.initial_scales(self.weight, self.tfactors)):
+                    if name in missing:
+                        self._parameters[name].copy_(value)
 
     def set_tfactors(self, tfactors: float | Sequence[float]) -> None:
         self.configure(tfactors, self.quantizer)
@@ -217,10 +225,15 @@ def _layer_like(module: nn.Conv2d | nn.Linear, conv_class: type, linear_class: t
     return linear_class(module.in_features, module.out_features, bias=module.bias is not None, device="meta", **extra)
 
 
+def layer_classes(quantizer: str) -> tuple[type, type]:
+    """The (conv, linear) classes whose layers run `quantizer`."""
+    return get_quantizer(quantizer).layer_classes() or (TernConv2d, TernLinear)
+
+
 def _ternary_twin(module: nn.Conv2d | nn.Linear, tfactors: TFactors, quantizer: str) -> TernaryLayer:
     """A ternarized layer that shares `module`'s Parameter objects (nothing is re-initialised;
     only TTQ's scales are new)."""
-    twin = _layer_like(module, TernConv2d, TernLinear, tfactors=tfactors)
+    twin = _layer_like(module, *layer_classes(quantizer), tfactors=tfactors)
     twin.weight = module.weight
     twin.bias = module.bias
     twin.set_quantizer(quantizer)
@@ -228,33 +241,50 @@ def _ternary_twin(module: nn.Conv2d | nn.Linear, tfactors: TFactors, quantizer: 
     return twin
 
 
-def _first_conv_and_last_linear(model: nn.Module) -> set[str]:
+# --first_last: which end layers stay full precision. "first_fp" is TTQ's own CIFAR code
+# (the first conv full precision, the classifier ternarized).
+FIRST_LAST: dict[str, frozenset[str]] = {"tern": frozenset(), "fp": frozenset({"first", "last"}),
+                                         "first_fp": frozenset({"first"})}
+FirstLast = bool | str  # True / False: "tern" / "fp" (the archs' and older files' spelling)
+
+
+def first_last_name(first_last: FirstLast) -> str:
+    """The FIRST_LAST name of a setting; ValueError for an unknown one."""
+    name = {True: "tern", False: "fp"}.get(first_last, first_last) if isinstance(first_last, bool) else first_last
+    if name not in FIRST_LAST:
+        raise ValueError(f"unknown first/last setting {first_last!r}; valid: {', '.join(FIRST_LAST)}")
+    return name
+
+
+def _full_precision_ends(model: nn.Module, first_last: FirstLast) -> set[str]:
+    """Names of the first conv and/or last linear layer (registration order) kept full precision."""
+    ends = FIRST_LAST[first_last_name(first_last)]
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return set(convs[:1] + linears[-1:])
+    return set((convs[:1] if "first" in ends else []) + (linears[-1:] if "last" in ends else []))
 
 
 def ternarize_model(model: nn.Module, tfactors: float | Sequence[float] = (PAPER_TFACTOR,),
-                    first_last: bool = True, quantizer: str = "paper") -> nn.Module:
+                    first_last: FirstLast = True, quantizer: str = "paper") -> nn.Module:
     """Swap every nn.Conv2d / nn.Linear of `model` for its ternarized twin, in place.
 
     Parameters are shared, not copied, so a pretrained model becomes its ternarized
     version and an optimiser built before the call keeps working. With
-    first_last=False the first conv and the last linear layer (in registration order)
-    stay full precision, the paper's "ff_lf" variants. `quantizer` picks the ternarizer
+    first_last=False ("fp") the first conv and the last linear layer (in registration order)
+    stay full precision, the paper's "ff_lf" variants; with "first_fp" only the first conv. `quantizer` picks the ternarizer
     (a name of models.quantizers.QUANTIZERS; TTQ adds two scale Parameters
     per layer, so build the optimiser after the call). Already ternarized layers get the
     new tfactors and quantizer. Returns the model for chaining.
     """
     factors = as_tfactors(tfactors)
     check_quantizer(quantizer, len(factors))
-    keep_full_precision = set() if first_last else _first_conv_and_last_linear(model)
+    keep_full_precision = _full_precision_ends(model, first_last)
     for name, module in list(model.named_modules()):
         if name in keep_full_precision:
             continue
-        if isinstance(module, TernaryLayerMixin):
+        if isinstance(module, TernaryLayerMixin) and type(module) in layer_classes(quantizer):
             module.configure(factors, quantizer)
-        elif type(module) in (nn.Conv2d, nn.Linear):
+        elif type(module) in (nn.Conv2d, nn.Linear) or isinstance(module, TernaryLayerMixin):
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child_name, _ternary_twin(module, factors, quantizer))

@@ -112,3 +112,20 @@ def rewrite_tern(source, target, edit_header=None, header_bytes=None):
     with open(target, "wb") as f:
         f.write(body + hashlib.sha256(body).digest())
     return str(target)
+
+
+def train_resume_export_evaluate(tmp_path, quantizer: str) -> tuple[dict, dict]:
+    """A quantizer end to end: 2 epochs, resumed to 3, exported to .tern and ONNX, and the
+    checkpoint and both files evaluated. Returns (results.json of the run, {file: top-1})."""
+    run = tmp_path / "run"
+    assert main.main([*QUICK, "--epochs", "2", "--quantizer", quantizer, "--save_path", str(run)]) == 0
+    assert main.main(["--resume", str(run / "checkpoint.pth.tar"), "--epochs", "3"]) == 0
+    for suffix in ("tern", "onnx"):
+        assert main.main(["--resume", str(run / "model_best.pth.tar"), "--export", str(tmp_path / f"m.{suffix}")]) == 0
+    top1 = {}
+    for name in ("model_best.pth.tar", "m.tern", "m.onnx"):
+        source = run / name if name.endswith(".tar") else tmp_path / name
+        out = tmp_path / f"eval_{name}"
+        assert main.main(["--evaluate", "--resume", str(source), "--save_path", str(out)]) == 0
+        top1[name] = json.loads((out / "results.json").read_text())["top1"]
+    return json.loads((run / "results.json").read_text()), top1

@@ -1,16 +1,14 @@
 """BitNet b1.58's absmean ternarizer (--quantizer absmean, issue 37) against hand-computed
 values, end to end through training, resume, export and evaluation; and the quantizer
 registry it was added through (one file per method)."""
-import json
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import main
 import models
-from helpers import QUICK, ROOT, run_main
+from helpers import ROOT, run_main, train_resume_export_evaluate
 from models.quantizers import QUANTIZERS, get_quantizer
 from models.quantizers.absmean import absmean_weight
 from models.ternary import TernConv2d, TernLinear
@@ -57,19 +55,8 @@ def test_absmean_refusals(flags, expected, tmp_path, capsys):
 
 
 def test_absmean_trains_resumes_exports_and_evaluates(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main.main([*QUICK, "--epochs", "2", "--quantizer", "absmean", "--save_path", str(run)]) == 0
-    assert main.main(["--resume", str(run / "checkpoint.pth.tar"), "--epochs", "3"]) == 0
-    record = json.loads((run / "results.json").read_text())
+    record, top1 = train_resume_export_evaluate(tmp_path, "absmean")
     assert record["args"]["quantizer"] == "absmean" and record["epochs_done"] == 3
-    top1 = {}
-    for suffix in ("tern", "onnx"):
-        assert main.main(["--resume", str(run / "model_best.pth.tar"), "--export", str(tmp_path / f"m.{suffix}")]) == 0
-    for name in ("model_best.pth.tar", "m.tern", "m.onnx"):
-        source = run / name if name.endswith(".tar") else tmp_path / name
-        out = tmp_path / f"eval_{name}"
-        assert main.main(["--evaluate", "--resume", str(source), "--save_path", str(out)]) == 0
-        top1[name] = json.loads((out / "results.json").read_text())["top1"]
     assert top1["m.tern"] == top1["model_best.pth.tar"] == top1["m.onnx"]
     from utils.export import load_packed
 
@@ -86,5 +73,15 @@ def test_each_quantizer_is_one_registered_file():
         strategy = get_quantizer(name)
         assert strategy.name == name and type(strategy).__module__ == f"models.quantizers.{name}"
     assert models.QUANTIZERS == QUANTIZERS
-    with pytest.raises(ValueError, match="unknown quantizer 'nosuch'; valid quantizers: paper, twn, ttq, absmean"):
+    with pytest.raises(ValueError, match="unknown quantizer 'nosuch'; valid quantizers: paper, twn, ttq, absmean, brevitas"):
         get_quantizer("nosuch")
+
+
+def test_training_doc_shows_the_absmean_class_as_it_is():
+    """docs/training.md's "Adding a quantizer" shows absmean.py's class; it must not drift."""
+    with open(os.path.join(ROOT, "docs", "training.md")) as handle:
+        doc = handle.read()
+    with open(os.path.join(ROOT, "models", "quantizers", "absmean.py")) as handle:
+        source = handle.read()
+    shown = doc.split("```python\n@register\nclass AbsmeanQuantizer", 1)[1].split("```", 1)[0]
+    assert "@register\nclass AbsmeanQuantizer" + shown in source

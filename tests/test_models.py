@@ -86,6 +86,20 @@ def test_rel_archs_and_overrides():
         get_model("tern_resnet20", tex=2, tfactors=[0.05])
 
 
+@pytest.mark.parametrize("first_last,first_fp,last_fp", [
+    (None, False, False), ("tern", False, False), (True, False, False), ("fp", True, True), (False, True, True),
+    ("first_fp", True, False),  # TTQ's own CIFAR code: conv0 full precision, the classifier ternarized
+])
+def test_first_last_settings_keep_the_named_end_layers_full_precision(first_last, first_fp, last_fp):
+    model = get_model("tern_resnet20", first_last=first_last, quantizer="ttq")
+    assert (type(model.conv_1_3x3) is torch.nn.Conv2d) == first_fp
+    assert (type(model.classifier) is torch.nn.Linear) == last_fp
+    assert len(list(ternary_layers(model))) == 20 - first_fp - last_fp
+    assert model.build_config["first_last"] == {None: True, "tern": True, "fp": False}.get(first_last, first_last)
+    with pytest.raises(ValueError, match="unknown first/last setting 'last_fp'; valid: tern, fp, first_fp"):
+        get_model("tern_resnet20", first_last="last_fp")
+
+
 def test_unknown_arch_lists_valid_names():
     with pytest.raises(ValueError, match="valid archs: .*tern_resnet20"):
         get_model("resnet21")

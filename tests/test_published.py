@@ -3,6 +3,7 @@ python -m tools.publish, the manifest, README's CIFAR-10 table built from the re
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -85,6 +86,10 @@ def test_training_command_rebuilds_the_scripts_main_py_call():
     assert "--arch tern_resnet20 --quantizer ttq --epochs 40" in publish.training_command({**args, "quantizer": "ttq"},
                                                                                           "DATA")
     assert "--quantizer" not in publish.training_command({**args, "quantizer": "paper"}, "DATA")
+    ttq_code = publish.training_command({**args, "quantizer": "ttq", "first_last": "first_fp", "nesterov": False}, "D")
+    assert "--quantizer ttq --first_last first_fp --epochs 40" in ttq_code and "--momentum 0.9 --no-nesterov --decay" in ttq_code
+    assert "nesterov" not in publish.training_command({**args, "nesterov": True}, "DATA")
+    assert publish.variant_of({"args": {"quantizer": "ttq", "first_last": "first_fp"}, "ternary_layers": 19}) == "ttq_ff"
 
 
 def test_readme_cifar10_table_is_the_one_the_committed_records_give():
@@ -140,3 +145,24 @@ def test_repository_stays_under_30_mb():
         pytest.skip("not a git checkout")
     paths = [p for p in files.stdout.split("\0") if p and os.path.isfile(os.path.join(ROOT, p))]
     assert sum(os.path.getsize(os.path.join(ROOT, p)) for p in paths) < 30 * 2**20
+
+
+def test_withdraw_takes_a_shipped_model_back_and_the_card_says_why(tmp_path, capsys):
+    shipped = tmp_path / "pretrained" / "cifar10"
+    shutil.copytree(os.path.join(ROOT, "pretrained", "cifar10"), shipped)
+    name = "tern_resnet20_e40_seed5001"
+    entry = next(e for e in json.loads((shipped / "manifest.json").read_text())["files"] if e["name"] == name)
+    root = ["--pretrained", str(tmp_path / "pretrained")]
+    assert publish.main(["--withdraw", f"cifar10/{name}", *root]) == 2
+    assert "--reason must say why" in capsys.readouterr().err
+    assert publish.main(["--withdraw", "cifar10/nosuch", "--reason", "x", *root]) == 2
+    assert "nosuch is not shipped" in capsys.readouterr().err
+    assert publish.main(["--withdraw", f"cifar10/{name}", "--reason", "a test of withdrawal", *root]) == 0
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    assert name not in [e["name"] for e in manifest["files"]] and not (shipped / entry["file"]).exists()
+    assert manifest["withdrawn"] == [{"name": name, "sha256": entry["sha256"], "top1": entry["top1"],
+                                      "records": entry["records"], "reason": "a test of withdrawal"}]
+    card = (shipped / "README.md").read_text()
+    assert f"| {name} | {entry['top1']:.2f} | `{entry['sha256'][:12]}` | a test of withdrawal |" in card
+    assert card == publish.model_card(manifest, publish.shown_path(str(shipped)))
+    assert publish.main(["--withdraw", f"cifar10/{name}", "--reason", "again", *root]) == 2

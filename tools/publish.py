@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 
+from models import get_quantizer
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import command, command_parser, read_json
 from utils.compression import compression_report
@@ -47,10 +48,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = ("results.json", "log.txt", "curve.png")
 # The flags of main.py that define a training run, in the order the training command gives them.
 TRAINING_FLAGS = ("dataset", "arch", "tex", "tfactors", "threshold_every", "quantizer", "first_last", "epochs", "optimizer",
-                  "learning_rate", "momentum", "decay", "scale_lr", "batch_size", "schedule", "gammas", "manualSeed",
+                  "learning_rate", "momentum", "nesterov", "decay", "scale_lr", "batch_size", "schedule", "gammas", "manualSeed",
                   "subset")
 # What a default flag value looks like in older records, which may lack the flag: left out of the command.
-DEFAULT_VALUES = {"quantizer": "paper", "threshold_every": 0, "subset": None, "scale_lr": 1.0}
+DEFAULT_VALUES = {"quantizer": "paper", "threshold_every": 0, "subset": None, "nesterov": True}
 _STAGING_PREFIX = ".publish-"
 _PR_SET_PDEATHSIG = 1
 
@@ -65,8 +66,7 @@ def variant_of(record: dict) -> str:
         name = args["quantizer"]
     if args.get("auto_thresholds"):
         name += "_auto"
-    if args.get("first_last") == "fp":
-        name += "_fflf"
+    name += {"fp": "_fflf", "first_fp": "_ff"}.get(args.get("first_last"), "")
     return name
 
 
@@ -86,7 +86,13 @@ def training_command(args: dict, data_path: str) -> str:
         value = "auto" if key == "tfactors" and args.get("auto_thresholds") else args.get(key)
         if key in DEFAULT_VALUES and value == DEFAULT_VALUES[key]:
             continue
-        if value is not None and value != []:  # no lr steps (a run too short for one): no --schedule
+        if key == "scale_lr":  # only a quantizer with trained scales has one; runs before the flag used 1
+            if not get_quantizer(args.get("quantizer", "paper")).scale_names:
+                continue
+            value = 1.0 if value is None else value
+        if isinstance(value, bool):  # a BooleanOptionalAction flag away from its default
+            parts.append(f"--{key}" if value else f"--no-{key}")
+        elif value is not None and value != []:  # no lr steps (a run too short for one): no --schedule
             parts.append(f"--{key} {_flag_value(value)}")
         if key == "dataset":
             parts.append(f"--data_path {data_path}")
@@ -291,6 +297,36 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
     return entry
 
 
+def withdraw(pretrained_root: str, dataset: str, name: str, reason: str, log=print) -> dict:
+    """Take a shipped model back: the manifest without its entry (the commit point, with a
+    `withdrawn` note of its name, sha256 and the reason, which the model card lists), then
+    its file is deleted; the run's records stay in results/. Returns the withdrawn entry."""
+    pretrained_dir = os.path.join(pretrained_root, dataset)
+    manifest_path = os.path.join(pretrained_dir, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        raise UserError(f"{shown_path(pretrained_dir)} ships no models (no manifest.json)")
+    if not reason.strip():
+        raise UserError("--reason must say why the model is withdrawn (the model card shows it)")
+    with publishing_lock(pretrained_dir):
+        manifest = read_manifest(manifest_path)
+        listed = [entry for entry in manifest["files"] if entry["name"] == name]
+        if not listed:
+            names = ", ".join(entry["name"] for entry in manifest["files"]) or "none"
+            raise UserError(f"{name} is not shipped in {shown_path(pretrained_dir)}; shipped: {names}")
+        entry = listed[0]
+        manifest["files"] = [e for e in manifest["files"] if e["name"] != name]
+        manifest["withdrawn"] = [note for note in manifest.get("withdrawn", []) if note["name"] != name] + [
+            {"name": name, "sha256": entry["sha256"], "top1": entry["top1"], "records": entry["records"],
+             "reason": reason.strip()}]
+        commit_manifest(pretrained_dir, manifest)
+        model_path = os.path.join(pretrained_dir, entry["file"])
+        if os.path.isfile(model_path):
+            os.remove(model_path)
+    log(f"{name}: withdrawn from {shown_path(pretrained_dir)} ({reason.strip()}); its records stay in "
+        f"{entry['records']}")
+    return entry
+
+
 def refresh(pretrained_root: str, dataset: str, data_path: str, log=print) -> dict:
     """Write every shipped file of `dataset` again with its preprocessing record (and, for a
     .tern, the input shape), the weights untouched, each re-evaluated: a file whose top-1
@@ -379,11 +415,16 @@ def model_card(manifest: dict, folder: str) -> str:
                    manifest["files"][0] if manifest["files"] else {})
     hub = (f'torch.hub.load(".", "{family_of(example["name"])}", source="local", pretrained=True, '
            f'epochs={example["epochs"]}, seed={example["seed"]})') if example else ""
+    withdrawn = "".join(
+        ["\n\n## Withdrawn\n\nNo longer shipped; a copy with this sha256 should not be used:\n\n"
+         "| model | top-1 % | sha256 | why |\n|---|---|---|---|\n"]
+        + [f"| {note['name']} | {note['top1']:.2f} | `{note['sha256'][:12]}` | {note['reason']} |\n"
+           for note in manifest["withdrawn"]]) if manifest.get("withdrawn") else ""
     card = f"""# Trained models: {dataset}
 
 Generated by `python -m tools.publish` from [manifest.json](manifest.json); do not edit by hand.
 
-{chr(10).join(table)}
+{chr(10).join(table)}{withdrawn.rstrip(chr(10))}
 
 Ternarized models (`.tern`) hold every conv and linear weight as −α, 0, +α per layer (He, Gong
 & Fan, WACV 2019); full-precision models (`.pth`) are their fp32 twins of the same recipe.
@@ -449,10 +490,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="publish a run trained with --subset (refused otherwise: it did not see the whole data)")
     parser.add_argument("--card", default=None, metavar="DATASET",
                         help="instead of publishing runs: write DATASET's model card again from its manifest")
+    parser.add_argument("--withdraw", default=None, metavar="DATASET/NAME",
+                        help="instead of publishing runs: take the shipped model NAME of DATASET back (manifest, "
+                             "file, model card), giving --reason")
+    parser.add_argument("--reason", default="", help="with --withdraw: why, as the model card will say")
     parser.add_argument("--refresh", default=None, metavar="DATASET",
                         help="instead of publishing runs: write every shipped file of DATASET again with its "
                              "preprocessing record (same weights, re-evaluated), then the manifest and model card")
     args = parser.parse_args(argv)
+    if args.withdraw:
+        if args.runs or args.refresh or args.card or "/" not in args.withdraw:
+            parser.error("--withdraw DATASET/NAME (e.g. cifar10/ttq_resnet20_e40_seed5000) is a step of its own")
+        dataset, _, name = args.withdraw.partition("/")
+        withdraw(args.pretrained, dataset, name, args.reason)
+        return
     if args.card and not (args.runs or args.refresh):
         folder = os.path.join(args.pretrained, args.card)
         manifest = read_manifest(os.path.join(folder, "manifest.json"))

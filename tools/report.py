@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from models.ternary import QUANTIZERS  # noqa: E402
+from models.ternary import QUANTIZERS, get_quantizer  # noqa: E402
 from utils.cli import command, command_parser, read_json  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.files import write_text  # noqa: E402
@@ -281,15 +281,6 @@ def paper_table(runs: list[Run], dataset: str = "cifar10", depths: tuple[int, ..
     return "\n".join(lines)
 
 
-# CIFAR-10 ResNet-20, full precision → ternarized, as each ternarizer's paper reports it (their code and schedule).
-REPORTED_RESNET20 = {"paper": "91.70 → 91.65 (He et al.)", "ttq": "91.77 → 91.13 (Zhu et al.)",
-                     "twn": "none (Li & Liu report no CIFAR ResNet)",
-                     "absmean": "none (Ma et al. report language models)"}
-QUANTIZER_NAMES = {"paper": "the paper's (Δ = 0.05·max\\|W\\|, α = mean above Δ)", "twn": "TWN (Δ = 0.7·mean\\|W\\|)",
-                   "ttq": "TTQ (Δ = 0.05·max\\|W\\|, trained W_p, W_n)",
-                   "absmean": "BitNet b1.58 absmean (γ = mean\\|W\\|, ±γ above γ/2)"}
-
-
 def shipped_files(dataset: str, manifest: str | None = None) -> dict[str, str]:
     """{run folder name: path of its shipped model} from pretrained/DATASET/manifest.json."""
     manifest = manifest or os.path.join(ROOT, "pretrained", dataset, "manifest.json")
@@ -341,9 +332,10 @@ def quantizer_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resn
             per_layer, size = f"{100 * low:.1f}–{100 * high:.1f}%", f"{os.path.getsize(file):,}"
         zeros = "—" if run.sparsity is None else f"{100 * run.sparsity:.1f}%"
         layers = "full precision" if run.args.get("first_last") == "fp" else "ternarized"
-        lines.append(f"| {QUANTIZER_NAMES[quantizer]} | {layers} | {run.epochs} | {run.seed} | {run.best_top1:.2f} | "
+        method = get_quantizer(quantizer)
+        lines.append(f"| {method.label} | {layers} | {run.epochs} | {run.seed} | {run.best_top1:.2f} | "
                      f"{run.final_top1:.2f} | {gap} | {zeros} | {per_layer} | {size} | "
-                     f"{REPORTED_RESNET20[quantizer] if arch == 'resnet20' else '—'} |")
+                     f"{method.reported_resnet20 if arch == 'resnet20' else '—'} |")
     return "\n".join(lines)
 
 

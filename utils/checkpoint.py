@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models import ARCHS, QUANTIZERS, set_layer_bias_copies, set_layer_tfactors, use_reference_rel_bias
+from models import ARCHS, FIRST_LAST, QUANTIZERS, set_layer_bias_copies, set_layer_tfactors, use_reference_rel_bias
 
 from .data import DATASETS
 from .errors import UserError
@@ -164,11 +164,12 @@ _RECORDED_ARGS = {
     "tfactors": lambda v: v is None or (_finite_list(v, positive=True) and bool(v)),
     "auto_thresholds": lambda v: isinstance(v, bool),
     "quantizer": lambda v: v in QUANTIZERS,
-    "first_last": lambda v: v in (None, "tern", "fp"),
+    "first_last": lambda v: v in (None, *FIRST_LAST),
     "epochs": lambda v: type(v) is int and v >= 1,
     "batch_size": lambda v: type(v) is int and v >= 1,
     "learning_rate": lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
     "momentum": lambda v: type(v) in (int, float) and 0 <= v < 1,
+    "nesterov": lambda v: isinstance(v, bool),
     "decay": lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0,
     "scale_lr": lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
     "schedule": lambda v: isinstance(v, list) and all(type(m) is int and m >= 1 for m in v),

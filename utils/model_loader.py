@@ -31,7 +31,7 @@ class ModelChoice:
     arch: str
     tex: int | None = None
     tfactors: tuple[float, ...] | None = None
-    first_last: str | None = None  # "tern" or "fp": ternarize the first conv and last linear layer, or not
+    first_last: str | None = None  # a name of models.FIRST_LAST: which of the first conv and last linear stay fp
     auto_thresholds: bool = False  # --tfactors auto: optimise every layer's thresholds on its weights
     quantizer: str = "paper"  # the ternarizer: the paper's, TWN or TTQ
 
@@ -84,10 +84,9 @@ def build_model(choice: ModelChoice, info: DatasetInfo, pretrained: str | None =
     """A new network for the data set, with `pretrained` weights (a state_dict file, or
     "torchvision" for torchvision's ImageNet weights); with auto thresholds, each layer's
     threshold factors are optimised on its (initial or pretrained) weights."""
-    first_last = None if choice.first_last is None else choice.first_last == "tern"
     try:
         model = models.get_model(choice.arch, num_classes=info.num_classes, in_channels=info.in_channels,
-                                 tex=choice.tex, tfactors=choice.tfactors, first_last=first_last,
+                                 tex=choice.tex, tfactors=choice.tfactors, first_last=choice.first_last,
                                  quantizer=choice.quantizer)
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -48,10 +48,11 @@ def set_rng_state(state: dict) -> None:
 @dataclass(frozen=True)
 class OptimizerSettings:
     """The command line's optimizer: its kind and hyper-parameters."""
-    name: str  # "SGD" (Nesterov) or "Adam"
+    name: str  # "SGD" or "Adam"
     learning_rate: float
     momentum: float
     decay: float
+    nesterov: bool = True
 
 
 def load_optimizer_state(path: str, settings: OptimizerSettings, optimizer: torch.optim.Optimizer,
@@ -118,7 +119,7 @@ def _resume_reference(path: str, checkpoint: dict, settings: OptimizerSettings, 
         group.update(initial_lr=settings.learning_rate, lr=settings.learning_rate * factor,
                      weight_decay=settings.decay)
         if settings.name == "SGD":
-            group.update(momentum=settings.momentum, nesterov=True)
+            group.update(momentum=settings.momentum, nesterov=settings.nesterov)
     scheduler.base_lrs = [settings.learning_rate] * len(optimizer.param_groups)
     scheduler.last_epoch = epoch
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

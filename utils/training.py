@@ -35,8 +35,9 @@ from .signals import Interrupted, StopSignals
 
 
 def make_optimizer(model: nn.Module, name: str, learning_rate: float, momentum: float,
-                   weight_decay: float, scale_lr: float = 1.0) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (the CIFAR recipe) or Adam (the ImageNet recipe). Trained
+                   weight_decay: float, scale_lr: float = 1.0, nesterov: bool = True) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (the CIFAR recipe; plain momentum with nesterov=False, as
+    TTQ's code) or Adam (the ImageNet recipe). Trained
     quantizer scales (TTQ's W_p, W_n) are trained by the same optimiser, in a group of their
     own without weight decay (they are the layer's magnitudes, which decay would pull
     towards 0) at scale_lr times the learning rate (the schedule scales both groups)."""
@@ -45,7 +46,8 @@ def make_optimizer(model: nn.Module, name: str, learning_rate: float, momentum: 
     groups = [{"params": others}, {"params": scales, "weight_decay": 0.0, "lr": learning_rate * scale_lr}] \
         if scales else others
     if name == "SGD":
-        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov and momentum > 0)
     return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay)
 
 

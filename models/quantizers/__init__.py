@@ -28,10 +28,13 @@ class Quantizer:
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line: the rule, for --help and the documentation
+    label: ClassVar[str]  # the method in result tables (Markdown)
+    reported_resnet20: ClassVar[str] = "none"  # what its paper reports on CIFAR-10 ResNet-20, FP → ternary top-1
     rel: ClassVar[bool] = False  # takes t_ex > 1 threshold factors (residual expansion)
     tfactor: ClassVar[bool] = True  # a threshold factor t means something (Δ = t·max|W|)
     auto_thresholds: ClassVar[bool] = False  # --tfactors auto optimises its thresholds
-    scale_names: ClassVar[tuple[str, ...]] = ()  # trained scale Parameters per layer, initialised to 1
+    scale_names: ClassVar[tuple[str, ...]] = ()  # trained scale Parameters per layer (see initial_scales)
+    default_scale_lr: ClassVar[float] = 1.0  # their learning rate / the weights' when --scale_lr is not given
     signed_scales: ClassVar[bool] = False  # the positive and the negative level have scales of their own
 
     def weight(self, weight: torch.Tensor, tfactors: Sequence[float], scales: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -48,6 +51,16 @@ class Quantizer:
         """The effective weight as Σ_j s_j · c_j: int8 codes c_j in {−1, 0, 1} and fp32 scalar
         scales s_j, added in this order exactly as forward adds them (what exports store)."""
         raise NotImplementedError
+
+    def initial_scales(self, weight: torch.Tensor, tfactors: Sequence[float]) -> list[torch.Tensor]:
+        """Starting values of the trained scales of a layer with latent weight W: for a layer
+        that gets this method, and for one whose loaded weights come without scales."""
+        return [torch.ones((), device=weight.device) for _ in self.scale_names]
+
+    def layer_classes(self) -> tuple[type, type] | None:
+        """(conv, linear) layer classes the method trains through; None: models.ternary's
+        TernConv2d / TernLinear (a method from another library brings its own layers)."""
+        return None
 
     def check(self, tex: int) -> None:
         """ValueError for a configuration the method has no definition for."""

@@ -32,6 +32,8 @@ def absmean_weight(weight: torch.Tensor) -> torch.Tensor:
 class AbsmeanQuantizer(Quantizer):
     name = "absmean"
     summary = "BitNet b1.58 (Ma et al. 2024): γ = mean|W|, T(W) = γ·clamp(round(W/γ), −1, 1)"
+    label = "BitNet b1.58 absmean (γ = mean\\|W\\|, ±γ above γ/2)"
+    reported_resnet20 = "none (Ma et al. report language models)"
     tfactor = False
 
     def weight(self, weight, tfactors, scales):

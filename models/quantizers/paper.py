@@ -60,6 +60,8 @@ def signed_terms(weight: torch.Tensor, branches) -> Terms:
 class PaperQuantizer(Quantizer):
     name = "paper"
     summary = "Δ = t·max|W| (t = 0.05), α = mean|W| above Δ; REL with several t"
+    label = "the paper's (Δ = 0.05·max\\|W\\|, α = mean above Δ)"
+    reported_resnet20 = "91.70 → 91.65 (He et al.)"
     rel = True
     auto_thresholds = True
 

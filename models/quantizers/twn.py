@@ -33,6 +33,8 @@ def twn_weight(weight: torch.Tensor) -> torch.Tensor:
 class TWNQuantizer(Quantizer):
     name = "twn"
     summary = "TWN (Li & Liu 2016): Δ = 0.7·mean|W|, α = mean|W| above Δ"
+    label = "TWN (Δ = 0.7·mean\\|W\\|)"
+    reported_resnet20 = "none (Li & Liu report no CIFAR ResNet)"
     tfactor = False
 
     def weight(self, weight, tfactors, scales):
