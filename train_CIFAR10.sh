@@ -8,6 +8,8 @@
 #   ARCHS="resnet20 resnet32" SEEDS=3 bash train_CIFAR10.sh
 #   VARIANTS="tern rel2 tern_auto" bash train_CIFAR10.sh --epochs 10   # extra args go to main.py
 #   EPOCHS=40 bash train_CIFAR10.sh                       # the schedule compressed to 40 epochs
+#   PRETRAINED=pretrained/cifar10/fp_resnet20_e200_seed5000.pth EPOCHS=40 ARCHS=resnet20 \
+#       VARIANTS="tern ttq" bash train_CIFAR10.sh --learning_rate 0.01   # fine-tuned: VARIANT_ft_... folders
 #   DRY_RUN=1 bash train_CIFAR10.sh                       # print the commands only
 #   python -m tools.report save/cifar10                   # the table next to the paper's numbers
 #
@@ -24,7 +26,8 @@
 # to fp32 when the matrix resumes it; add --no-channels_last to the arguments for NCHW),
 # DATASET (cifar10; cifar100, fashion_mnist, mnist, digits work too), DATA_PATH
 # (./data/DATASET), SAVE_ROOT (./save), PYTHON (.venv/bin/python when the repository has a
-# .venv, else python), DRY_RUN, FORCE (see tools/run_matrix.sh). The length is EPOCHS, not
+# .venv, else python), PRETRAINED (full-precision weights to fine-tune from: --pretrained, and
+# the run folders are VARIANT_ft_ARCH_...), DRY_RUN, FORCE (see tools/run_matrix.sh). The length is EPOCHS, not
 # --epochs: it names the run folders and places the lr steps.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -38,6 +41,9 @@ DATASET=${DATASET:-cifar10}
 DATA_PATH=${DATA_PATH:-./data/$DATASET}
 SAVE_ROOT=${SAVE_ROOT:-./save}
 EPOCHS=${EPOCHS:-200}
+PRETRAINED=${PRETRAINED:-}
+PRETRAINED_ARGS=() FOLDER_SUFFIX=""
+if [ -n "$PRETRAINED" ]; then PRETRAINED_ARGS=(--pretrained "$PRETRAINED") FOLDER_SUFFIX="_ft"; fi
 for arg in "$@"; do
     case $arg in
         --epochs|--epochs=*) echo "error: give the length as EPOCHS=N bash train_CIFAR10.sh (it names the run folders and places the lr steps at 40/60/80%), not --epochs" >&2; exit 2 ;;
@@ -79,8 +85,8 @@ for arch in $ARCHS; do
         model_args=$(variant_args "$variant" "$arch") || exit 2
         for seed in $(seed_list "$SEEDS" "$FIRST_SEED"); do
             # shellcheck disable=SC2086  # model_args, SCHEDULE_ARGS and PRECISION_ARGS are lists of flags
-            run_one "$SAVE_ROOT/$DATASET/${variant}_${arch}_e${EPOCHS}_seed$seed" \
-                --dataset "$DATASET" --data_path "$DATA_PATH" $model_args \
+            run_one "$SAVE_ROOT/$DATASET/${variant}${FOLDER_SUFFIX}_${arch}_e${EPOCHS}_seed$seed" \
+                --dataset "$DATASET" --data_path "$DATA_PATH" $model_args "${PRETRAINED_ARGS[@]}" \
                 --epochs "$EPOCHS" --optimizer SGD --learning_rate 0.1 --momentum 0.9 --decay 3e-4 --batch_size 128 \
                 $SCHEDULE_ARGS --manualSeed "$seed" --print_freq 100 $PRECISION_ARGS "$@"
         done

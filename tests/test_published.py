@@ -90,6 +90,10 @@ def test_training_command_rebuilds_the_scripts_main_py_call():
     assert "--quantizer ttq --first_last first_fp --epochs 40" in ttq_code and "--momentum 0.9 --no-nesterov --decay" in ttq_code
     assert "nesterov" not in publish.training_command({**args, "nesterov": True}, "DATA")
     assert publish.variant_of({"args": {"quantizer": "ttq", "first_last": "first_fp"}, "ternary_layers": 19}) == "ttq_ff"
+    fine_tuned = {"args": {**args, "pretrained": "pretrained/cifar10/fp.pth"}, "ternary_layers": 20}
+    assert publish.variant_of(fine_tuned) == "tern_ft"
+    assert "--first_last first_fp --pretrained pretrained/cifar10/fp.pth --epochs 40" in publish.training_command(
+        {**fine_tuned["args"], "first_last": "first_fp"}, "D")
 
 
 def test_readme_cifar10_table_is_the_one_the_committed_records_give():
@@ -98,6 +102,14 @@ def test_readme_cifar10_table_is_the_one_the_committed_records_give():
     start, end = report.readme_block(readme, "cifar10")
     runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
     assert readme[start:end].rstrip("\n") == report.paper_table(runs)
+
+
+def test_results_bench_table_is_the_one_the_committed_records_give():
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        document = f.read()
+    start, end = report.readme_block(document, "bench")
+    runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
+    assert document[start:end].rstrip("\n") == report.bench_table(runs)
 
 
 def test_results_quantizer_table_is_the_one_the_committed_records_give():
@@ -160,8 +172,9 @@ def test_withdraw_takes_a_shipped_model_back_and_the_card_says_why(tmp_path, cap
     assert publish.main(["--withdraw", f"cifar10/{name}", "--reason", "a test of withdrawal", *root]) == 0
     manifest = json.loads((shipped / "manifest.json").read_text())
     assert name not in [e["name"] for e in manifest["files"]] and not (shipped / entry["file"]).exists()
-    assert manifest["withdrawn"] == [{"name": name, "sha256": entry["sha256"], "top1": entry["top1"],
-                                      "records": entry["records"], "reason": "a test of withdrawal"}]
+    before = json.loads(open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")).read()).get("withdrawn", [])
+    assert manifest["withdrawn"] == before + [{"name": name, "sha256": entry["sha256"], "top1": entry["top1"],
+                                               "records": entry["records"], "reason": "a test of withdrawal"}]
     card = (shipped / "README.md").read_text()
     assert f"| {name} | {entry['top1']:.2f} | `{entry['sha256'][:12]}` | a test of withdrawal |" in card
     assert card == publish.model_card(manifest, publish.shown_path(str(shipped)))

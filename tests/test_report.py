@@ -106,6 +106,12 @@ def test_cifar_script_dry_run_builds_the_matrix(tmp_path):
     twn, ttq = out.strip().splitlines()
     assert "twn_resnet20_e200_seed5000 " in twn and "--arch tern_resnet20 --quantizer twn " in twn
     assert "--arch tern_resnet20 --quantizer ttq --first_last fp " in ttq
+    code, out, _ = script("train_CIFAR10.sh", {"ARCHS": "resnet20", "VARIANTS": "ttq_ff brevitas", "EPOCHS": "40",
+                                               "SAVE_ROOT": str(tmp_path), "PRETRAINED": "fp.pth"}, "--no-nesterov")
+    ttq, brevitas = out.strip().splitlines()
+    assert f"{tmp_path}/cifar10/ttq_ff_ft_resnet20_e40_seed5000 " in ttq and "--pretrained fp.pth " in ttq
+    assert "--quantizer ttq --first_last first_fp " in ttq and ttq.rstrip().endswith("--no-nesterov")
+    assert "brevitas_ft_resnet20_e40_seed5000 " in brevitas and "--quantizer brevitas " in brevitas
 
 
 def test_cifar_script_takes_the_length_from_epochs_only(tmp_path):
@@ -308,3 +314,27 @@ def test_the_jpeg_ab_lists_the_shipped_models_test_side_cost(tmp_path):
     lines = report.jpeg_ab_table(report.find_runs([str(tmp_path)])).splitlines()
     assert "| tern_resnet20_e40_seed1 | 87.10 | 86.80 | -0.30 |" in lines
     assert "| tern_resnet20_e40, mean over seeds ± standard error | | | -0.45 ± 0.15 (n=2) |" in lines
+
+
+def test_bench_table_puts_each_method_and_recipe_in_its_cell(tmp_path):
+    common = {"epochs": 40}
+    write_run(tmp_path / "fp", "resnet20", 5000, 86.0, **common)
+    write_run(tmp_path / "fp_ft", "resnet20", 5000, 99.0, pretrained="x.pth", **common)  # not the reference
+    write_run(tmp_path / "tern", "tern_resnet20", 5000, 85.5, **common)
+    write_run(tmp_path / "tern_ft", "tern_resnet20", 5000, 87.0, pretrained="fp.pth", **common)
+    write_run(tmp_path / "ttq_ft", "tern_resnet20", 5000, 86.5, quantizer="ttq", pretrained="fp.pth", **common)
+    write_run(tmp_path / "ttq_own", "tern_resnet20", 5000, 86.9, quantizer="ttq", pretrained="fp.pth",
+              first_last="first_fp", nesterov=False, **common)
+    write_run(tmp_path / "twn_fflf", "tern_resnet20", 5000, 80.0, quantizer="twn", first_last="fp", **common)
+    write_run(tmp_path / "rel2", "tern_resnet20", 5000, 88.0, tex=2, **common)
+    write_run(tmp_path / "other_seed", "tern_resnet20", 5001, 70.0, quantizer="absmean", **common)
+    table = report.bench_table(report.find_runs([str(tmp_path)]), manifest=str(tmp_path / "absent.json"))
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert rows[0][:2] == ["| full precision (resnet20, same seed)", "86.00"]
+    cells = {row[0].lstrip("| ").split(" ")[0]: row[1:4] for row in rows[1:]}
+    assert cells["the"] == ["85.50 (30.0%)", "87.00 (30.0%)", "= from scratch"]
+    assert cells["TTQ"] == ["not run", "86.50 (30.0%)", "86.90 (30.0%)"]
+    assert cells["TWN"] == ["not run", "not run", "= from scratch"]  # first/last fp is not the bench's network
+    assert cells["BitNet"] == ["not run", "not run", "= from scratch"]  # seed 5001 is not the bench's seed
+    assert cells["Brevitas"] == ["not run", "not run", "none (a library)"]
+    assert rows[1][4] == "1.60" and rows[2][4] == "—"

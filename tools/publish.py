@@ -47,9 +47,9 @@ from utils.pretrained import family_of, read_manifest, sha256, verified_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = ("results.json", "log.txt", "curve.png")
 # The flags of main.py that define a training run, in the order the training command gives them.
-TRAINING_FLAGS = ("dataset", "arch", "tex", "tfactors", "threshold_every", "quantizer", "first_last", "epochs", "optimizer",
-                  "learning_rate", "momentum", "nesterov", "decay", "scale_lr", "batch_size", "schedule", "gammas", "manualSeed",
-                  "subset")
+TRAINING_FLAGS = ("dataset", "arch", "tex", "tfactors", "threshold_every", "quantizer", "first_last", "pretrained",
+                  "epochs", "optimizer", "learning_rate", "momentum", "nesterov", "decay", "scale_lr", "batch_size",
+                  "schedule", "gammas", "manualSeed", "subset")
 # What a default flag value looks like in older records, which may lack the flag: left out of the command.
 DEFAULT_VALUES = {"quantizer": "paper", "threshold_every": 0, "subset": None, "nesterov": True}
 _STAGING_PREFIX = ".publish-"
@@ -57,7 +57,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def variant_of(record: dict) -> str:
-    """The train scripts' variant name of a run: fp, tern, rel2, twn, ttq, ..., with _auto and _fflf."""
+    """The train scripts' variant name of a run: fp, tern, rel2, twn, ttq, ..., with _auto, _fflf
+    or _ff, and _ft for a run fine-tuned from --pretrained weights."""
     args = record["args"]
     if not record.get("ternary_layers"):
         return "fp"
@@ -67,7 +68,7 @@ def variant_of(record: dict) -> str:
     if args.get("auto_thresholds"):
         name += "_auto"
     name += {"fp": "_fflf", "first_fp": "_ff"}.get(args.get("first_last"), "")
-    return name
+    return name + ("_ft" if args.get("pretrained") else "")
 
 
 def run_name(record: dict) -> str:

@@ -339,6 +339,63 @@ def quantizer_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resn
     return "\n".join(lines)
 
 
+BENCH_RECIPES = ("from scratch", "fine-tuned", "own recipe")
+
+
+def bench_recipe(args: dict) -> str:
+    """Which of the bench's recipes a run used: from scratch (the paper's), fine-tuned from
+    --pretrained with the shared recipe (SGD-Nesterov, every layer ternarized), or the
+    method's own published recipe (fine-tuned otherwise: TTQ's code keeps the first conv
+    full precision and uses plain momentum)."""
+    if not args.get("pretrained"):
+        return "from scratch"
+    shared = args.get("first_last") in (None, "tern") and args.get("nesterov", True)
+    return "fine-tuned" if shared else "own recipe"
+
+
+def bench_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resnet20", epochs: int = 40,
+                seed: int = 5000, manifest: str | None = None) -> str:
+    """The ternarizers on one bench (issue 37): one row per method, one column per recipe
+    (bench_recipe), each cell the best top-1 and the zeros of the finished run of `arch`,
+    `epochs` and `seed`, or "not run"; then bits per weight and the shipped .tern's size."""
+    shipped = shipped_files(dataset, manifest)
+    cells: dict[tuple[str, str], Run] = {}
+    full_precision = None
+    for run in runs:
+        if (run.status, run.mode, run.dataset, run.epochs, run.seed) != ("complete", "train", dataset, epochs, seed):
+            continue
+        if run.args.get("arch") == arch and not run.args.get("pretrained"):
+            full_precision = run
+        elif run.args.get("arch") == f"tern_{arch}" and not (run.args.get("tex") or 1) > 1 and not run.args.get(
+                "auto_thresholds") and run.args.get("first_last") != "fp":
+            cells[(run.args.get("quantizer", "paper"), bench_recipe(run.args))] = run
+    reference = "—" if full_precision is None else f"{full_precision.best_top1:.2f}"
+    lines = [f"| method | from scratch, the paper's recipe: top-1 % (zeros) | fine-tuned from full precision, one "
+             f"shared recipe: top-1 % (zeros) | its own published recipe: top-1 % (zeros) | bits / weight | "
+             f"shipped .tern (bytes) | its paper reports, FP → ternary top-1 % |",
+             "|---|---|---|---|---|---|---|",
+             f"| full precision ({arch}, same seed) | {reference} | — | — | 32 | — | — |"]
+    for quantizer in QUANTIZERS:
+        method = get_quantizer(quantizer)
+        row, bits, size = [], "—", "—"
+        for recipe in BENCH_RECIPES:
+            run = cells.get((quantizer, recipe))
+            if run is None:
+                own = method.own_recipe
+                row.append(f"= {own}" if recipe == "own recipe" and own == "from scratch" else
+                           own if recipe == "own recipe" and own.startswith("none") else "not run")
+                continue
+            zeros = "" if run.sparsity is None else f" ({100 * run.sparsity:.1f}%)"
+            row.append(f"{run.best_top1:.2f}{zeros}")
+            if run.weight_compression:
+                bits = f"{32 / run.weight_compression:.2f}"
+            file = shipped.get(os.path.basename(os.path.normpath(run.path)))
+            if file and os.path.isfile(file):
+                size = f"{os.path.getsize(file):,}"
+        lines.append(f"| {method.label} | {' | '.join(row)} | {bits} | {size} | {method.reported_resnet20} |")
+    return "\n".join(lines)
+
+
 def _data_kind(args: dict) -> str:
     """The last folder of a run's --data_path: 'lossless' or 'jpeg' for the paired subset."""
     return os.path.basename(os.path.normpath(args.get("data_path") or "?"))
@@ -564,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the ternarizers' comparison (paper / TWN / TTQ on CIFAR-10 ResNet-20, per "
                              "seed, with zeros per layer from the shipped files) into DOC's <!-- table:quantizers --> "
                              "block, e.g. docs/results.md")
+    parser.add_argument("--bench", default=None, metavar="DOC",
+                        help="also write the ternarizers' bench (every method × from scratch / fine-tuned / its own "
+                             "recipe, CIFAR-10 ResNet-20, 40 epochs, seed 5000) into DOC's <!-- table:bench --> block")
     parser.add_argument("--jpeg_ab", default=None, metavar="DOC",
                         help="also write the JPEG A/B of the paired subset (runs trained on lossless/ and jpeg/, each "
                              "evaluated on both test sets as RUN_test_KIND) into DOC's <!-- table:jpeg_ab --> block")
@@ -573,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [root for root in args.roots if not os.path.isdir(root)]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
-    for document in (args.readme, args.quantizers, args.jpeg_ab):
+    for document in (args.readme, args.quantizers, args.bench, args.jpeg_ab):
         if document and not os.path.isfile(document):
             raise UserError(f"{document} not found: --readme and --quantizers name an existing document whose "
                             "<!-- table:... --> block is rewritten")
@@ -595,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"drew the curve.png of {redraw_run_curves(runs)} training runs again")
     blocks = [(args.readme, "cifar10", paper_table, "the CIFAR-10 table"),
               (args.quantizers, "quantizers", quantizer_table, "the ternarizers' table"),
+              (args.bench, "bench", bench_table, "the ternarizers' bench"),
               (args.jpeg_ab, "jpeg_ab", jpeg_ab_table, "the JPEG A/B tables")]
     for document, block, make_table, what in blocks:
         if not document:

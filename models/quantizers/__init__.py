@@ -30,6 +30,7 @@ class Quantizer:
     summary: ClassVar[str]  # one line: the rule, for --help and the documentation
     label: ClassVar[str]  # the method in result tables (Markdown)
     reported_resnet20: ClassVar[str] = "none"  # what its paper reports on CIFAR-10 ResNet-20, FP → ternary top-1
+    own_recipe: ClassVar[str] = "from scratch"  # how its authors train: "from scratch", or a recipe of its own
     rel: ClassVar[bool] = False  # takes t_ex > 1 threshold factors (residual expansion)
     tfactor: ClassVar[bool] = True  # a threshold factor t means something (Δ = t·max|W|)
     auto_thresholds: ClassVar[bool] = False  # --tfactors auto optimises its thresholds

@@ -93,6 +93,7 @@ class BrevitasQuantizer(Quantizer):
                "T(W) = s·clamp(round(W/s), −1, 1) (optional extra: requirements-peers.txt)")
     label = "Brevitas 2-bit narrow range (s = max\\|W\\|, ±s above s/2)"
     reported_resnet20 = "none (a library, not a paper)"
+    own_recipe = "none (a library)"
     tfactor = False
 
     def weight(self, weight, tfactors, scales):
