@@ -179,3 +179,13 @@ def test_withdraw_takes_a_shipped_model_back_and_the_card_says_why(tmp_path, cap
     assert f"| {name} | {entry['top1']:.2f} | `{entry['sha256'][:12]}` | a test of withdrawal |" in card
     assert card == publish.model_card(manifest, publish.shown_path(str(shipped)))
     assert publish.main(["--withdraw", f"cifar10/{name}", "--reason", "again", *root]) == 2
+
+
+def test_model_card_names_the_fine_tuned_models():
+    with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
+        manifest = json.load(f)
+    assert "fine-tuned" not in publish.model_card(manifest, "pretrained/cifar10")
+    entry = dict(manifest["files"][-1], name="ttq_ff_ft_resnet20_e40_seed5000",
+                 trained_with="python main.py --quantizer ttq --first_last first_fp --pretrained fp.pth")
+    card = publish.model_card({**manifest, "files": manifest["files"] + [entry]}, "pretrained/cifar10")
+    assert "except ttq_ff_ft_resnet20_e40_seed5000, fine-tuned from the full-precision weights" in card

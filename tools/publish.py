@@ -396,6 +396,18 @@ def _cell(entry: dict, key: str, fmt: str) -> str:
     return "—" if entry.get(key) is None else format(entry[key], fmt)
 
 
+def _training_note(manifest: dict) -> str:
+    """How the shipped models were trained: from scratch with the paper's recipe, and which
+    were fine-tuned instead (their manifest command names --pretrained)."""
+    note = ("From scratch with the paper's CIFAR recipe (SGD, Nesterov momentum 0.9, lr 0.1 with ×0.1,\n"
+            "×0.1, ×0.5 at 40/60/80% of the epochs, weight decay 3e-4, batch 128, random crop and flip)")
+    fine_tuned = [entry["name"] for entry in manifest["files"] if "--pretrained" in entry.get("trained_with", "")]
+    if fine_tuned:
+        note += (f", except {', '.join(fine_tuned)}, fine-tuned from the full-precision weights\n"
+                 "their command names with `--pretrained`,")
+    return note
+
+
 def model_card(manifest: dict, folder: str) -> str:
     """pretrained/DATASET/README.md, generated from the manifest alone (tools.publish writes
     it with the manifest, so it cannot go stale): YAML header in the Hugging Face
@@ -450,8 +462,7 @@ the file against the sha256 above. Evaluate one on the test set with the manifes
 
 ## Training
 
-From scratch with the paper's CIFAR recipe (SGD, Nesterov momentum 0.9, lr 0.1 with ×0.1,
-×0.1, ×0.5 at 40/60/80% of the epochs, weight decay 3e-4, batch 128, random crop and flip)
+{_training_note(manifest)}
 through `train_CIFAR10.sh`; the exact command of each model is its manifest entry's
 `trained_with` (e.g. `{example.get('trained_with', '')}`), and its per-epoch records are in
 `{os.path.dirname(example.get('records', 'results/DATASET/NAME'))}/NAME/`.
