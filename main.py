@@ -32,6 +32,7 @@ import torch.nn as nn
 
 import models
 from utils.checkpoint import check_recorded_args, load_checkpoint
+from utils.cli import OneLineParser
 from utils.compression import compression_report, format_report
 from utils.data import DATASETS, DatasetInfo, build_loaders, dataset_info, ensure_data, preprocessing_record
 from utils.distributed import (DistributedContext, init_distributed, is_peer_failure, launched_by_torchrun,
@@ -75,7 +76,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of main.py, grouped as --help shows them."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
+    parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set (digits is embedded: offline)")
     data.add_argument("--data_path", default="./data", help="where the data set is (or is downloaded to)")
@@ -190,6 +191,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         (math.isfinite(args.momentum) and 0 <= args.momentum < 1, f"--momentum must lie in [0, 1), got {args.momentum}"),
         (math.isfinite(args.decay) and args.decay >= 0, f"--decay must be a finite number ≥ 0, got {args.decay}"),
         (_positive_finite(args.scale_lr), f"--scale_lr must be a positive finite number, got {args.scale_lr}"),
+        (args.nesterov or args.optimizer == "SGD", "--no-nesterov changes SGD's momentum; drop it with --optimizer Adam"),
         (all(_positive_finite(g) for g in args.gammas),
          f"--gammas must be positive finite numbers, got {' '.join(map(str, args.gammas))}"),
         (all(m >= 1 for m in args.schedule), f"--schedule epochs must be at least 1, got {' '.join(map(str, args.schedule))}"),
@@ -236,10 +238,14 @@ def validate_model_flags(args: argparse.Namespace) -> None:
 
 def validate_quantizer(args: argparse.Namespace, factors: tuple[float, ...] | None) -> None:
     """--quantizer other than the paper's: a ternarized arch; what the method refuses
-    (models.quantizers: REL, a threshold factor it has no use for, optimised thresholds)."""
+    (models.quantizers: REL, a threshold factor it has no use for, optimised thresholds) and
+    a --scale_lr without trained scales."""
+    strategy = models.get_quantizer(args.quantizer)
+    if "scale_lr" in args.explicit and not (factors and strategy.scale_names):
+        raise UserError(f"--scale_lr sets the learning rate of trained quantizer scales; {args.arch} with --quantizer "
+                        f"{args.quantizer} has none (TTQ's W_p, W_n are); drop it")
     if args.quantizer == "paper":
         return
-    strategy = models.get_quantizer(args.quantizer)
     if factors is None:
         raise UserError(f"--quantizer {args.quantizer} needs a ternarized arch; {args.arch} is full precision "
                         f"(use tern_{args.arch} if it exists)")

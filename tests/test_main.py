@@ -139,6 +139,10 @@ def test_fashion_mnist_subset_learns(tmp_path):
     (["--resume", "/nonexistent.pth.tar"], "checkpoint not found"),
     (["--arch", "resnet20", "--first_last", "fp"], "full precision: give tex or tfactors"),
     (["--sync_bn"], "SyncBatchNorm runs on CUDA only"),
+    (["--no-nesterov", "--optimizer", "Adam"], "--no-nesterov changes SGD's momentum; drop it with --optimizer Adam"),
+    (["--scale_lr", "0.1"], "--scale_lr sets the learning rate of trained quantizer scales; tern_resnet20 with "
+                            "--quantizer paper has none"),
+    (["--scale_lr", "0.1", "--quantizer", "twn"], "--quantizer twn has none"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main.main(argv + ["--save_path", str(tmp_path)]) == 2

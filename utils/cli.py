@@ -3,7 +3,7 @@ input ends in one line `error: ...` on stderr and exit code 2, never a traceback
 
     @command
     def main(argv: list[str] | None = None) -> int | None:
-        args = command_parser(__doc__).parse_args(argv)   # bad flags: argparse's usage + error, exit 2
+        args = command_parser(__doc__).parse_args(argv)   # bad flags: one `error:` line, exit 2
         ...                                               # raise UserError("...") for anything else
 
 A tool's `if __name__ == "__main__": sys.exit(main())` then exits 0, 2, or the code main returns.
@@ -18,10 +18,20 @@ from collections.abc import Callable
 from .errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse without abbreviations whose refusal of a flag is one line, `error: ...`
+    pointing at --help, and exit code 2 (argparse prints its whole usage first)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def command_parser(description: str | None, **kwargs) -> argparse.ArgumentParser:
     """The argparse parser of a tool: its docstring as help, no flag abbreviations."""
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   allow_abbrev=False, **kwargs)
+    return OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def command(main: Callable[..., int | None]) -> Callable[..., int]:
