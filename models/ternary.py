@@ -250,7 +250,7 @@ FirstLast = bool | str  # True / False: "tern" / "fp" (the archs' and older file
 
 def first_last_name(first_last: FirstLast) -> str:
     """The FIRST_LAST name of a setting; ValueError for an unknown one."""
-    name = {True: "tern", False: "fp"}.get(first_last, first_last) if isinstance(first_last, bool) else first_last
+    name = ("tern" if first_last else "fp") if isinstance(first_last, bool) else first_last
     if name not in FIRST_LAST:
         raise ValueError(f"unknown first/last setting {first_last!r}; valid: {', '.join(FIRST_LAST)}")
     return name
@@ -270,8 +270,9 @@ def ternarize_model(model: nn.Module, tfactors: float | Sequence[float] = (PAPER
 
     Parameters are shared, not copied, so a pretrained model becomes its ternarized
     version and an optimiser built before the call keeps working. With
-    first_last=False ("fp") the first conv and the last linear layer (in registration order)
-    stay full precision, the paper's "ff_lf" variants; with "first_fp" only the first conv. `quantizer` picks the ternarizer
+    first_last=False ("fp") the first conv and the last linear layer (in registration
+    order) stay full precision, the paper's "ff_lf" variants; with "first_fp" only the
+    first conv (TTQ's code). `quantizer` picks the ternarizer
     (a name of models.quantizers.QUANTIZERS; TTQ adds two scale Parameters
     per layer, so build the optimiser after the call). Already ternarized layers get the
     new tfactors and quantizer. Returns the model for chaining.
