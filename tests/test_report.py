@@ -318,8 +318,9 @@ def test_the_jpeg_ab_lists_the_shipped_models_test_side_cost(tmp_path):
 
 def test_bench_table_puts_each_method_and_recipe_in_its_cell(tmp_path):
     common = {"epochs": 40}
-    write_run(tmp_path / "fp", "resnet20", 5000, 86.0, **common)
+    write_run(tmp_path / "fp40", "resnet20", 5000, 86.0, **common)
     write_run(tmp_path / "fp_ft", "resnet20", 5000, 99.0, pretrained="x.pth", **common)  # not the reference
+    write_run(tmp_path / "fp", "resnet20", 5000, 88.5, epochs=200)  # the fine-tunes' start, fp.pth
     write_run(tmp_path / "tern", "tern_resnet20", 5000, 85.5, **common)
     write_run(tmp_path / "tern_ft", "tern_resnet20", 5000, 87.0, pretrained="fp.pth", **common)
     write_run(tmp_path / "ttq_ft", "tern_resnet20", 5000, 86.5, quantizer="ttq", pretrained="fp.pth", **common)
@@ -330,7 +331,7 @@ def test_bench_table_puts_each_method_and_recipe_in_its_cell(tmp_path):
     write_run(tmp_path / "other_seed", "tern_resnet20", 5001, 70.0, quantizer="absmean", **common)
     table = report.bench_table(report.find_runs([str(tmp_path)]), manifest=str(tmp_path / "absent.json"))
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
-    assert rows[0][:2] == ["| full precision (resnet20, same seed)", "86.00"]
+    assert rows[0][:3] == ["| full precision (resnet20, same seed)", "86.00", "88.50 (200 epochs, the fine-tunes' start)"]
     cells = {row[0].lstrip("| ").split(" ")[0]: row[1:4] for row in rows[1:]}
     assert cells["the"] == ["85.50 (30.0%)", "87.00 (30.0%)", "= from scratch"]
     assert cells["TTQ"] == ["not run", "86.50 (30.0%)", "86.90 (30.0%)"]

@@ -361,6 +361,8 @@ def bench_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resnet20
     shipped = shipped_files(dataset, manifest)
     cells: dict[tuple[str, str], Run] = {}
     full_precision = None
+    by_folder = {os.path.basename(os.path.normpath(run.path)): run for run in runs
+                 if run.status == "complete" and run.mode == "train" and run.args.get("arch") == arch}
     for run in runs:
         if (run.status, run.mode, run.dataset, run.epochs, run.seed) != ("complete", "train", dataset, epochs, seed):
             continue
@@ -370,11 +372,15 @@ def bench_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resnet20
                 "auto_thresholds") and run.args.get("first_last") != "fp":
             cells[(run.args.get("quantizer", "paper"), bench_recipe(run.args))] = run
     reference = "—" if full_precision is None else f"{full_precision.best_top1:.2f}"
+    sources = {os.path.splitext(os.path.basename(run.args["pretrained"]))[0] for (_, recipe), run in cells.items()
+               if recipe != "from scratch"}
+    starts = [f"{by_folder[name].best_top1:.2f} ({by_folder[name].epochs} epochs, the fine-tunes' start)"
+              for name in sorted(sources) if name in by_folder]
     lines = [f"| method | from scratch, the paper's recipe: top-1 % (zeros) | fine-tuned from full precision, one "
              f"shared recipe: top-1 % (zeros) | its own published recipe: top-1 % (zeros) | bits / weight | "
              f"shipped .tern (bytes) | its paper reports, FP → ternary top-1 % |",
              "|---|---|---|---|---|---|---|",
-             f"| full precision ({arch}, same seed) | {reference} | — | — | 32 | — | — |"]
+             f"| full precision ({arch}, same seed) | {reference} | {'; '.join(starts) or '—'} | — | 32 | — | — |"]
     for quantizer in QUANTIZERS:
         method = get_quantizer(quantizer)
         row, bits, size = [], "—", "—"
