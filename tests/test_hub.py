@@ -175,3 +175,19 @@ def test_the_card_command_writes_the_card_without_data(tmp_path):
     assert publish.main(["--card", "cifar10", "--pretrained", str(tmp_path)]) == 0
     with open(os.path.join(PRETRAINED_ROOT, "cifar10", "README.md")) as f:
         assert (tmp_path / "cifar10" / "README.md").read_text() == f.read()
+
+
+@pytest.mark.parametrize("name,family,quantizer,first_conv_fp", [
+    ("tern_resnet20_e40_seed5000", "tern_resnet20", "paper", False),
+    ("fp_resnet32_e40_seed5000", "resnet32", None, True),
+    ("ttq_ff_ft_resnet20_e40_seed5000", "ttq_ff_ft_resnet20", "ttq", True),  # TTQ's own recipe, fine-tuned
+    ("twn_ft_resnet20_e40_seed5000", "twn_ft_resnet20", "twn", False),
+])
+def test_names_of_every_variant_give_their_family_and_network(name, family, quantizer, first_conv_fp):
+    from utils.pretrained import _untrained, family_of
+
+    assert family_of(name) == family
+    arch = "resnet32" if quantizer is None else "tern_resnet20"
+    model = _untrained({"name": name, "arch": arch})
+    assert (type(model.conv_1_3x3) is torch.nn.Conv2d) == first_conv_fp
+    assert {layer.quantizer for _, layer in models.ternary_layers(model)} == ({quantizer} if quantizer else set())

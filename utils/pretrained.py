@@ -30,7 +30,10 @@ from .model_loader import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAINED_ROOT = os.path.join(ROOT, "pretrained")
-_NAME = re.compile(r"^(?P<variant>[a-z0-9]+)_(?P<arch>.+)_e(?P<epochs>\d+)_seed(?P<seed>\d+)$")
+# VARIANT_ARCH_eEPOCHS_seedSEED; the variant is the method (fp, tern, rel2, ttq, ...) with the train
+# scripts' suffixes: _auto thresholds, _fflf / _ff (first and last / first layer full precision), _ft fine-tuned
+_NAME = re.compile(r"^(?P<variant>[a-z0-9]+(?:_(?:auto|fflf|ff|ft))*)_(?P<arch>.+)_e(?P<epochs>\d+)_seed(?P<seed>\d+)$")
+_FIRST_LAST_SUFFIXES = {"fflf": "fp", "ff": "first_fp"}
 
 
 def read_manifest(path: str) -> dict:
@@ -132,9 +135,11 @@ def family_of(name: str) -> str:
 
 def _untrained(entry: dict, **kwargs) -> nn.Module:
     """The architecture of a shipped family with fresh weights (models.get_model)."""
-    variant = _NAME.match(entry["name"])["variant"]
-    quantizer = variant if variant in models.QUANTIZERS else "paper"  # variant "tern": the paper's
-    options = {"num_classes": len((entry.get("preprocessing") or {}).get("classes") or []) or 10, **kwargs}
+    method, *suffixes = _NAME.match(entry["name"])["variant"].split("_")
+    quantizer = method if method in models.QUANTIZERS else "paper"  # "tern", "rel2": the paper's
+    first_last = next((_FIRST_LAST_SUFFIXES[s] for s in suffixes if s in _FIRST_LAST_SUFFIXES), None)
+    options = {"num_classes": len((entry.get("preprocessing") or {}).get("classes") or []) or 10,
+               "first_last": first_last, **kwargs}
     try:
         return models.get_model(entry["arch"], quantizer=quantizer, **options)
     except (ValueError, TypeError) as exc:
