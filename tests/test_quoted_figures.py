@@ -31,7 +31,7 @@ def test_readme_ternarizer_figures_are_the_records_and_the_withdrawn_ttq_model()
     text = " ".join(readme().split())
     assert f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, against" in text
     assert f"against {record('fp_resnet20_e40_seed5000')['best_top1']:.2f}% for full precision of the same seed" in text
-    assert f"collapsed here ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%; that model is withdrawn)" in text
+    assert f"scale handling collapsed here ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%; that model is withdrawn)" in text
     with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
         manifest = json.load(f)
     assert "ttq_resnet20_e40_seed5000" in [note["name"] for note in manifest["withdrawn"]]
