@@ -189,3 +189,18 @@ def test_model_card_names_the_fine_tuned_models():
                  trained_with="python main.py --quantizer ttq --first_last first_fp --pretrained fp.pth")
     card = publish.model_card({**manifest, "files": manifest["files"] + [entry]}, "pretrained/cifar10")
     assert "except ttq_ff_ft_resnet20_e40_seed5000, fine-tuned from the full-precision weights" in card
+
+
+def test_records_only_commits_a_runs_records_without_shipping_it(tmp_path, capsys):
+    run = tmp_path / "save" / "tern_resnet20_e1_seed5000"
+    assert main.main(["--epochs", "1", "--subset", "128", "--print_freq", "1000", "--save_path", str(run)]) == 0
+    roots = ["--results", str(tmp_path / "results"), "--pretrained", str(tmp_path / "pretrained")]
+    assert publish.main([str(run), "--records_only", *roots]) == 2  # a --subset run, as for publishing
+    assert "--subset" in capsys.readouterr().err
+    assert publish.main([str(run), "--records_only", "--allow_subset", *roots]) == 0
+    records = tmp_path / "results" / "digits" / "tern_resnet20_e1_seed5000"
+    assert sorted(os.listdir(records)) == ["curve.png", "log.txt", "results.json"]
+    assert not (tmp_path / "pretrained").exists() and sorted(os.listdir(records.parent)) == [records.name]
+    assert publish.main([str(run), "--records_only", "--allow_subset", *roots]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert publish.main([str(run), "--records_only", "--allow_subset", "--overwrite", *roots]) == 0

@@ -339,3 +339,13 @@ def test_bench_table_puts_each_method_and_recipe_in_its_cell(tmp_path):
     assert cells["BitNet"] == ["not run", "not run", "= from scratch"]  # seed 5001 is not the bench's seed
     assert cells["Brevitas"] == ["not run", "not run", "none (a library)"]
     assert rows[1][4] == "1.60" and rows[2][4] == "—"
+
+
+def test_fine_tuned_runs_stay_out_of_the_papers_and_the_ternarizers_tables(tmp_path):
+    write_run(tmp_path / "fp", "resnet20", 5000, 86.0, epochs=40)
+    write_run(tmp_path / "tern", "tern_resnet20", 5000, 85.5, epochs=40)
+    write_run(tmp_path / "tern_ft", "tern_resnet20", 5000, 88.0, epochs=40, pretrained="fp.pth")
+    runs = report.find_runs([str(tmp_path)])
+    assert {run.config for run in runs} == {"resnet20", "tern_resnet20", "tern_resnet20 fine-tuned"}
+    assert "| ResNet-20 | 40 | 1 | 86.00 | 85.50 | -0.50 |" in report.paper_table(runs)
+    assert len(report.quantizer_table(runs, manifest=str(tmp_path / "absent.json")).splitlines()) == 3

@@ -298,6 +298,37 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
     return entry
 
 
+def record_run(run_dir: str, results_root: str, pretrained_root: str, overwrite: bool, allow_subset: bool = False,
+               log=print) -> str:
+    """Commit a finished run's records (results.json, log.txt, curve.png) to
+    RESULTS/DATASET/NAME without shipping its model: runs that are results but not models a
+    user would want (a bench cell that does not win its row, an fp32 twin). Staged beside
+    the target and moved in. Returns the records folder."""
+    record = read_finished_run(run_dir, allow_subset)
+    name, dataset = run_name(record), record["dataset"]
+    results_dir = os.path.join(results_root, dataset, name)
+    manifest = read_manifest(os.path.join(pretrained_root, dataset, "manifest.json"))
+    if any(entry["name"] == name and entry.get("records") == shown_path(results_dir) for entry in manifest["files"]):
+        raise UserError(f"{name} is shipped with these records; publish it again with --overwrite instead")
+    if os.path.exists(results_dir) and not overwrite:
+        raise UserError(f"{shown_path(results_dir)} exists; pass --overwrite to replace its records")
+    staging = f"{results_dir}{_STAGING_PREFIX}{os.getpid()}"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        for record_name in RECORDS:
+            shutil.copyfile(os.path.join(run_dir, record_name), os.path.join(staging, record_name))
+        if os.path.exists(results_dir):
+            shutil.rmtree(results_dir)
+        os.replace(staging, results_dir)
+    except OSError as exc:
+        raise write_error(getattr(exc, "filename", None) or results_dir, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"{name}: records in {shown_path(results_dir)} (model not shipped)")
+    return results_dir
+
+
 def withdraw(pretrained_root: str, dataset: str, name: str, reason: str, log=print) -> dict:
     """Take a shipped model back: the manifest without its entry (the commit point, with a
     `withdrawn` note of its name, sha256 and the reason, which the model card lists), then
@@ -502,6 +533,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="publish a run trained with --subset (refused otherwise: it did not see the whole data)")
     parser.add_argument("--card", default=None, metavar="DATASET",
                         help="instead of publishing runs: write DATASET's model card again from its manifest")
+    parser.add_argument("--records_only", action="store_true",
+                        help="commit the runs' records to --results without shipping their models (a result, not a "
+                             "model a user would want: a bench cell that does not win its row, an fp32 twin)")
     parser.add_argument("--withdraw", default=None, metavar="DATASET/NAME",
                         help="instead of publishing runs: take the shipped model NAME of DATASET back (manifest, "
                              "file, model card), giving --reason")
@@ -523,6 +557,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if bool(args.runs) == bool(args.refresh):
         parser.error("give run folders to publish, or --refresh DATASET, or --card DATASET (one of them)")
+    if args.records_only:
+        for run_dir in args.runs:
+            read_finished_run(run_dir, args.allow_subset)
+        for run_dir in args.runs:
+            record_run(run_dir, args.results, args.pretrained, args.overwrite, args.allow_subset)
+        return
     if not args.data_path:
         parser.error("--data_path is needed to measure the top-1 of what is published")
     if args.refresh:

@@ -87,6 +87,8 @@ def config_label(results: dict) -> str:
         parts.append(f"first/last {args['first_last']}")
     if args.get("subset"):
         parts.append(f"subset {args['subset']}")
+    if args.get("pretrained"):
+        parts.append("fine-tuned")
     return " ".join(parts)
 
 
@@ -313,7 +315,8 @@ def quantizer_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resn
     shipped = shipped_files(dataset, manifest)
     complete = [run for run in runs if run.status == "complete" and run.dataset == dataset and run.mode == "train"
                 and run.args.get("arch") in (arch, f"tern_{arch}") and not run.args.get("tex")
-                and not run.args.get("auto_thresholds") and not run.args.get("tfactors")]
+                and not run.args.get("auto_thresholds") and not run.args.get("tfactors")
+                and not run.args.get("pretrained")]  # fine-tuned runs are the bench's (bench_table)
     full_precision = {(run.epochs, run.seed): run for run in complete if run.args["arch"] == arch}
     lines = ["| ternarizer | first / last layer | epochs | seed | best top-1 % | final top-1 % | vs full precision "
              "(same seed) | zeros, all ternary weights | zeros per layer (min–max) | shipped .tern (bytes) | "
