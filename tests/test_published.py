@@ -96,28 +96,17 @@ def test_training_command_rebuilds_the_scripts_main_py_call():
         {**fine_tuned["args"], "first_last": "first_fp"}, "D")
 
 
-def test_readme_cifar10_table_is_the_one_the_committed_records_give():
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    start, end = report.readme_block(readme, "cifar10")
+@pytest.mark.parametrize("document,block,make_table", [
+    ("README.md", "cifar10", "paper_table"),
+    (os.path.join("docs", "results.md"), "quantizers", "quantizer_table"),
+    (os.path.join("docs", "results.md"), "bench", "bench_table"),
+])
+def test_committed_tables_are_the_ones_the_committed_records_give(document, block, make_table):
+    with open(os.path.join(ROOT, document)) as f:
+        text = f.read()
+    start, end = report.readme_block(text, block)
     runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
-    assert readme[start:end].rstrip("\n") == report.paper_table(runs)
-
-
-def test_results_bench_table_is_the_one_the_committed_records_give():
-    with open(os.path.join(ROOT, "docs", "results.md")) as f:
-        document = f.read()
-    start, end = report.readme_block(document, "bench")
-    runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
-    assert document[start:end].rstrip("\n") == report.bench_table(runs)
-
-
-def test_results_quantizer_table_is_the_one_the_committed_records_give():
-    with open(os.path.join(ROOT, "docs", "results.md")) as f:
-        document = f.read()
-    start, end = report.readme_block(document, "quantizers")
-    runs = report.find_runs([os.path.join(ROOT, "results", "cifar10")])
-    assert document[start:end].rstrip("\n") == report.quantizer_table(runs)
+    assert text[start:end].rstrip("\n") == getattr(report, make_table)(runs)
 
 
 def test_every_shipped_model_is_listed_with_its_records():
