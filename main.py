@@ -49,7 +49,8 @@ from utils.resume import OptimizerSettings, TrainingState, resume_training
 from utils.results import model_statistics, run_record
 from utils.run_folder import claim_run_folder, holds_training_run, read_record
 from utils.signals import Interrupted, StopSignals
-from utils.training import TrainConfig, fit, make_optimizer, make_scheduler, repair_best_model
+from utils.optim import DECAY_ON, make_optimizer, make_scheduler
+from utils.training import TrainConfig, fit, repair_best_model
 
 RECIPES = {
     "cifar": dict(epochs=200, optimizer="SGD", learning_rate=0.1, decay=3e-4, batch_size=128,
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                        help="SGD with Nesterov momentum (the paper's recipe); --no-nesterov: plain momentum (TTQ's code)")
     optim.add_argument("--decay", type=float, default=None, help="weight decay")
+    optim.add_argument("--decay_on", choices=list(DECAY_ON), default="all",
+                       help="what weight decay applies to: " + "; ".join(f"{k}: {v}" for k, v in DECAY_ON.items()))
     optim.add_argument("--scale_lr", type=float, default=None, metavar="FACTOR",
                        help="learning-rate multiplier of the quantizer's trained scales (TTQ's W_p, W_n), which get "
                             "gradients summed over their whole layer (unset: the quantizer's, 0.001 for TTQ; TTQ's own "
@@ -357,7 +360,7 @@ def default_evaluation_path(args: argparse.Namespace) -> str:
 # Resume rules: which settings a continued run takes from its checkpoint.
 # Flags that define the experiment; the dest of `auto_thresholds` is set by --tfactors.
 RUN_DEFINING = ("dataset", "arch", "tex", "tfactors", "auto_thresholds", "threshold_every", "quantizer", "first_last",
-                "optimizer", "learning_rate", "momentum", "nesterov", "decay", "scale_lr", "batch_size", "schedule", "gammas",
+                "optimizer", "learning_rate", "momentum", "nesterov", "decay", "decay_on", "scale_lr", "batch_size", "schedule", "gammas",
                 "manualSeed",
                 "subset")
 _FLAG_OF = {"auto_thresholds": "tfactors"}
@@ -366,7 +369,7 @@ CARRIED_OVER = ("data_path", "cache_dir", "amp", "amp_dtype", "channels_last", "
 # Flags that define the network: what an evaluation, export or fine-tuning of a checkpoint takes from it.
 MODEL_DEFINING = ("arch", "tex", "tfactors", "auto_thresholds", "quantizer", "first_last")
 # What a checkpoint written before a flag existed ran with.
-PRE_FLAG_DEFAULTS = {"quantizer": "paper", "scale_lr": 1.0, "nesterov": True}
+PRE_FLAG_DEFAULTS = {"quantizer": "paper", "scale_lr": 1.0, "nesterov": True, "decay_on": "all"}
 
 
 def adopt_checkpoint_args(args: argparse.Namespace, checkpoint: dict, log: Callable[[str], None]) -> None:
@@ -637,7 +640,7 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
         state = TrainingState(args.start_epoch)
         if not args.evaluate:
             optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.decay,
-                                       args.scale_lr, args.nesterov)
+                                       args.scale_lr, args.nesterov, args.decay_on)
             scheduler = make_scheduler(optimizer, args.schedule, args.gammas)
             if checkpoint is not None and not args.fine_tune:
                 settings = OptimizerSettings(args.optimizer, args.learning_rate, args.momentum, args.decay, args.nesterov)
@@ -662,7 +665,8 @@ def run(args: argparse.Namespace, stop: StopSignals) -> None:
             return
         logger.info(f"=> {args.optimizer} lr {args.learning_rate:g}, " + (", ".join(
             f"×{gamma:g} at epoch {step}" for step, gamma in zip(args.schedule, args.gammas)) or "no lr steps")
-            + f", weight decay {args.decay:g}, batch {args.batch_size}, {args.epochs} epochs")
+            + f", weight decay {args.decay:g}" + (" (conv and linear weights only)" if args.decay_on == "weights" else "")
+            + f", batch {args.batch_size}, {args.epochs} epochs")
         config = TrainConfig(save_path=args.save_path, epochs=args.epochs, arch=args.arch, dataset=args.dataset,
                              input_shape=input_shape(info), args=recorded_args(args), precision=precision(args),
                              print_freq=args.print_freq, auto_thresholds=args.auto_thresholds,

@@ -140,6 +140,14 @@ def test_damaged_training_state_is_named(finished_run, tmp_path, capsys, field, 
     assert code == 2 and ("damaged" in err or "optimizer" in err), err
 
 
+def test_a_recorded_flag_no_run_can_have_is_named(finished_run, tmp_path, capsys):
+    state = torch.load(os.path.join(finished_run, "checkpoint.pth.tar"), weights_only=True)
+    state["args"]["decay_on"] = "norms"
+    torch.save(state, tmp_path / "edited.pth.tar")
+    code, err = run_main(["--resume", str(tmp_path / "edited.pth.tar"), "--epochs", "3"], capsys)
+    assert code == 2 and "records decay_on = 'norms', which no run of this project has" in err, err
+
+
 def test_misleading_messages_are_fixed(tmp_path, capsys):
     code, err = run_main(["--resume", str(tmp_path), "--save_path", str(tmp_path / "r")], capsys)
     assert code == 2 and "is a folder" in err

@@ -86,9 +86,12 @@ def test_training_command_rebuilds_the_scripts_main_py_call():
     assert "--arch tern_resnet20 --quantizer ttq --epochs 40" in publish.training_command({**args, "quantizer": "ttq"},
                                                                                           "DATA")
     assert "--quantizer" not in publish.training_command({**args, "quantizer": "paper"}, "DATA")
-    ttq_code = publish.training_command({**args, "quantizer": "ttq", "first_last": "first_fp", "nesterov": False}, "D")
-    assert "--quantizer ttq --first_last first_fp --epochs 40" in ttq_code and "--momentum 0.9 --no-nesterov --decay" in ttq_code
+    ttq_code = publish.training_command({**args, "quantizer": "ttq", "first_last": "first_fp", "nesterov": False,
+                                         "decay_on": "weights"}, "D")
+    assert "--quantizer ttq --first_last first_fp --epochs 40" in ttq_code
+    assert "--momentum 0.9 --no-nesterov --decay 0.0003 --decay_on weights --scale_lr" in ttq_code
     assert "nesterov" not in publish.training_command({**args, "nesterov": True}, "DATA")
+    assert "decay_on" not in publish.training_command({**args, "decay_on": "all"}, "DATA")
     assert publish.variant_of({"args": {"quantizer": "ttq", "first_last": "first_fp"}, "ternary_layers": 19}) == "ttq_ff"
     fine_tuned = {"args": {**args, "pretrained": "pretrained/cifar10/fp.pth"}, "ternary_layers": 20}
     assert publish.variant_of(fine_tuned) == "tern_ft"

@@ -290,7 +290,7 @@ def test_ttq_run_exports_and_evaluates_to_the_same_accuracy(tmp_path):
 
 
 def test_trained_scales_take_their_own_learning_rate_through_the_schedule():
-    from utils.training import make_optimizer, make_scheduler
+    from utils.optim import make_optimizer, make_scheduler
 
     model = models.get_model("tern_resnet20", quantizer="ttq")
     optimizer = make_optimizer(model, "SGD", 0.1, 0.9, 3e-4, scale_lr=0.01)
@@ -301,6 +301,27 @@ def test_trained_scales_take_their_own_learning_rate_through_the_schedule():
     optimizer.step()
     scheduler.step()
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.01, 0.0001])
+
+
+def test_decay_on_weights_decays_only_conv_and_linear_weights():
+    """--decay_on weights (TTQ's code decays only its conv and fc weights): biases and
+    BatchNorm get no decay, the trained scales keep their own group, every parameter is
+    in exactly one group."""
+    from utils.optim import make_optimizer
+
+    model = models.get_model("tern_resnet20", quantizer="ttq", first_last="first_fp")
+    optimizer = make_optimizer(model, "SGD", 0.1, 0.9, 2e-4, scale_lr=0.001, nesterov=False, decay_on="weights")
+    decayed, undecayed, scales = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert (decayed["weight_decay"], undecayed["weight_decay"], scales["weight_decay"]) == (2e-4, 0.0, 0.0)
+    assert {names[id(p)] for p in decayed["params"]} == {n for n, p in model.named_parameters()
+                                                        if n.endswith(".weight") and p.ndim in (2, 4)}
+    assert "conv_1_3x3.weight" in {names[id(p)] for p in decayed["params"]}  # the full-precision first conv too
+    assert {names[id(p)] for p in undecayed["params"]} == {n for n, p in model.named_parameters() if p.ndim == 1}
+    assert {"classifier.bias", "bn_1.weight", "bn_1.bias"} <= {names[id(p)] for p in undecayed["params"]}
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="decay_on must be one of all, weights"):
+        make_optimizer(model, "SGD", 0.1, 0.9, 2e-4, decay_on="norms")
 
 
 def test_ttq_with_its_default_scale_learning_rate_learns_digits(tmp_path):
@@ -321,27 +342,33 @@ def test_ttq_code_recipe_flags_are_recorded_and_kept_on_resume(tmp_path):
     the network, are recorded, and a resume that changes them is refused."""
     run = tmp_path / "run"
     assert main.main([*QUICK, "--quantizer", "ttq", "--first_last", "first_fp", "--no-nesterov",
-                      "--save_path", str(run)]) == 0
+                      "--decay_on", "weights", "--save_path", str(run)]) == 0
     checkpoint = torch.load(run / "checkpoint.pth.tar", weights_only=False)
-    assert [group["nesterov"] for group in checkpoint["optimizer"]["param_groups"]] == [False, False]
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [group["nesterov"] for group in groups] == [False, False, False]
+    assert [group["weight_decay"] for group in groups] == [3e-4, 0.0, 0.0]
     assert checkpoint["args"]["nesterov"] is False and checkpoint["args"]["first_last"] == "first_fp"
+    assert checkpoint["args"]["decay_on"] == "weights"
+    assert "(conv and linear weights only)" in (run / "log.txt").read_text()
     assert "conv_1_3x3.positive_scale" not in checkpoint["state_dict"]
     assert "classifier.positive_scale" in checkpoint["state_dict"]
     assert main.main(["--resume", str(run / "checkpoint.pth.tar"), "--epochs", "2"]) == 0
     assert json.loads((run / "results.json").read_text())["args"]["nesterov"] is False
     assert main.main(["--resume", str(run / "checkpoint.pth.tar"), "--epochs", "3", "--nesterov"]) == 2
+    assert main.main(["--resume", str(run / "checkpoint.pth.tar"), "--epochs", "3", "--decay_on", "all"]) == 2
 
 
 def test_ttq_fine_tuned_with_its_authors_recipe_learns_digits(tmp_path):
     """README's TTQ recipe (TTQ's code: fine-tune a full-precision model, first conv full
-    precision, plain momentum, weight decay 2e-4, lr 0.1 stepped ×0.1 three times), shortened
-    to 8 + 8 epochs; README's 20 + 20 epochs measured 98.61% → 98.89%."""
+    precision, plain momentum, weight decay 2e-4 on conv and linear weights, lr 0.1 stepped ×0.1
+    three times), shortened to 8 + 8 epochs; README's 20 + 20 epochs measured 98.61% → 98.61%."""
     full_precision = tmp_path / "fp"
     assert main.main(["--arch", "resnet20", "--epochs", "8", "--print_freq", "1000",
                       "--save_path", str(full_precision)]) == 0
     run = tmp_path / "ttq"
     assert main.main(["--quantizer", "ttq", "--pretrained", str(full_precision / "model_best.pth.tar"),
-                      "--first_last", "first_fp", "--no-nesterov", "--decay", "2e-4", "--learning_rate", "0.1",
+                      "--first_last", "first_fp", "--no-nesterov", "--decay", "2e-4", "--decay_on", "weights",
+                      "--learning_rate", "0.1",
                       "--epochs", "8", "--schedule", "2", "3", "4", "--gammas", "0.1", "0.1", "0.1",
                       "--print_freq", "1000", "--save_path", str(run)]) == 0
     record = json.loads((run / "results.json").read_text())

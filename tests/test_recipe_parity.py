@@ -12,7 +12,7 @@ import main
 import models
 from helpers import ROOT
 from utils.data import CIFAR_MEAN, CIFAR_STD, DATASETS, TensorLoader
-from utils.training import make_optimizer, make_scheduler
+from utils.optim import make_optimizer, make_scheduler
 
 AUTHORS = dict(epochs=200, optimizer="SGD", learning_rate=0.1, decay=3e-4, batch_size=128, schedule=[80, 120, 160],
                gammas=[0.1, 0.1, 0.5])

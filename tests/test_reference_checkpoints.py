@@ -18,7 +18,7 @@ from models import get_model, ternary_layers
 from utils.checkpoint import extract_state_dict, load_checkpoint, load_weights, restore_model
 from utils.errors import UserError
 from utils.resume import OptimizerSettings, resume_training
-from utils.training import make_optimizer, make_scheduler
+from utils.optim import make_optimizer, make_scheduler
 from utils.export import export_packed, load_packed
 
 

@@ -338,6 +338,8 @@ def test_bench_table_puts_each_method_and_recipe_in_its_cell(tmp_path):
     assert cells["TWN"] == ["not run", "not run", "= from scratch"]  # first/last fp is not the bench's network
     assert cells["BitNet"] == ["not run", "not run", "= from scratch"]  # seed 5001 is not the bench's seed
     assert cells["Brevitas"] == ["not run", "not run", "none (a library)"]
+    assert report.bench_recipe({"pretrained": "fp.pth", "decay_on": "weights"}) == "own recipe"  # TTQ's decay
+    assert report.bench_recipe({"pretrained": "fp.pth", "decay_on": "all"}) == "fine-tuned"
     assert rows[1][4] == "1.60" and rows[2][4] == "—"
 
 

@@ -48,10 +48,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = ("results.json", "log.txt", "curve.png")
 # The flags of main.py that define a training run, in the order the training command gives them.
 TRAINING_FLAGS = ("dataset", "arch", "tex", "tfactors", "threshold_every", "quantizer", "first_last", "pretrained",
-                  "epochs", "optimizer", "learning_rate", "momentum", "nesterov", "decay", "scale_lr", "batch_size",
+                  "epochs", "optimizer", "learning_rate", "momentum", "nesterov", "decay", "decay_on", "scale_lr", "batch_size",
                   "schedule", "gammas", "manualSeed", "subset")
 # What a default flag value looks like in older records, which may lack the flag: left out of the command.
-DEFAULT_VALUES = {"quantizer": "paper", "threshold_every": 0, "subset": None, "nesterov": True}
+DEFAULT_VALUES = {"quantizer": "paper", "threshold_every": 0, "subset": None, "nesterov": True, "decay_on": "all"}
 _STAGING_PREFIX = ".publish-"
 _PR_SET_PDEATHSIG = 1
 

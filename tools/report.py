@@ -349,10 +349,11 @@ def bench_recipe(args: dict) -> str:
     """Which of the bench's recipes a run used: from scratch (the paper's), fine-tuned from
     --pretrained with the shared recipe (SGD-Nesterov, every layer ternarized), or the
     method's own published recipe (fine-tuned otherwise: TTQ's code keeps the first conv
-    full precision and uses plain momentum)."""
+    full precision, uses plain momentum and decays only conv and linear weights)."""
     if not args.get("pretrained"):
         return "from scratch"
-    shared = args.get("first_last") in (None, "tern") and args.get("nesterov", True)
+    shared = (args.get("first_last") in (None, "tern") and args.get("nesterov", True)
+              and args.get("decay_on", "all") == "all")
     return "fine-tuned" if shared else "own recipe"
 
 
@@ -379,9 +380,9 @@ def bench_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resnet20
                if recipe != "from scratch"}
     starts = [f"{by_folder[name].best_top1:.2f} ({by_folder[name].epochs} epochs, the fine-tunes' start)"
               for name in sorted(sources) if name in by_folder]
-    lines = [f"| method | from scratch, the paper's recipe: top-1 % (zeros) | fine-tuned from full precision, one "
-             f"shared recipe: top-1 % (zeros) | its own published recipe: top-1 % (zeros) | bits / weight | "
-             f"shipped .tern (bytes) | its paper reports, FP → ternary top-1 % |",
+    lines = ["| method | from scratch, the paper's recipe: top-1 % (zeros) | fine-tuned from full precision, one "
+             "shared recipe: top-1 % (zeros) | its own published recipe: top-1 % (zeros) | bits / weight | "
+             "shipped .tern (bytes) | its paper reports, FP → ternary top-1 % |",
              "|---|---|---|---|---|---|---|",
              f"| full precision ({arch}, same seed) | {reference} | {'; '.join(starts) or '—'} | — | 32 | — | — |"]
     for quantizer in QUANTIZERS:

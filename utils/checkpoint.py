@@ -27,6 +27,7 @@ from models import ARCHS, FIRST_LAST, QUANTIZERS, set_layer_bias_copies, set_lay
 from .data import DATASETS
 from .errors import UserError
 from .files import write_bytes
+from .optim import DECAY_ON
 
 
 class ReferenceRecorderStub:
@@ -171,6 +172,7 @@ _RECORDED_ARGS = {
     "momentum": lambda v: type(v) in (int, float) and 0 <= v < 1,
     "nesterov": lambda v: isinstance(v, bool),
     "decay": lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0,
+    "decay_on": lambda v: v in DECAY_ON,
     "scale_lr": lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
     "schedule": lambda v: isinstance(v, list) and all(type(m) is int and m >= 1 for m in v),
     "gammas": lambda v: _finite_list(v, positive=True),

@@ -1,4 +1,4 @@
-"""The training loop: optimizer and lr schedule, one epoch, the epochs of a run with
+"""The training loop: one epoch, the epochs of a run with
 their checkpoints, curve and results.json, and how a run stops (signal, divergence).
 
     config = TrainConfig(save_path=..., epochs=..., arch=..., dataset=..., input_shape=..., args=...)
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
-from models.ternary import SCALE_NAMES
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compression import compression_report, format_report
@@ -32,31 +31,6 @@ from .logging import TensorBoardLog, plot_curves, run_title
 from .resume import TrainingState, rng_state
 from .results import model_statistics, run_record
 from .signals import Interrupted, StopSignals
-
-
-def make_optimizer(model: nn.Module, name: str, learning_rate: float, momentum: float,
-                   weight_decay: float, scale_lr: float = 1.0, nesterov: bool = True) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (the CIFAR recipe; plain momentum with nesterov=False, as
-    TTQ's code) or Adam (the ImageNet recipe). Trained
-    quantizer scales (TTQ's W_p, W_n) are trained by the same optimiser, in a group of their
-    own without weight decay (they are the layer's magnitudes, which decay would pull
-    towards 0) at scale_lr times the learning rate (the schedule scales both groups)."""
-    scales = [p for n, p in model.named_parameters() if n.rpartition(".")[2] in SCALE_NAMES]
-    others = [p for n, p in model.named_parameters() if n.rpartition(".")[2] not in SCALE_NAMES]
-    groups = [{"params": others}, {"params": scales, "weight_decay": 0.0, "lr": learning_rate * scale_lr}] \
-        if scales else others
-    if name == "SGD":
-        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=nesterov and momentum > 0)
-    return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: list[int],
-                   gammas: list[float]) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr(epoch) = learning_rate · Π gamma_i over the schedule epochs already reached."""
-    def factor(epoch: int) -> float:
-        return math.prod(g for g, milestone in zip(gammas, schedule) if epoch >= milestone)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass

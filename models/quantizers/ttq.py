@@ -60,7 +60,7 @@ class TTQQuantizer(Quantizer):
     summary = "TTQ (Zhu et al. 2017): Δ = t·max|W| with two trained scales W_p, W_n per layer"
     label = "TTQ (Δ = 0.05·max\\|W\\|, trained W_p, W_n)"
     reported_resnet20 = "91.77 → 91.13 (Zhu et al.)"
-    own_recipe = "fine-tuned, first conv full precision, plain momentum, weight decay 2e-4"
+    own_recipe = "fine-tuned, first conv full precision, plain momentum, weight decay 2e-4 on conv/linear weights"
     scale_names = ("positive_scale", "negative_scale")
     # Every conv here feeds a BatchNorm, so the loss does not change with a layer's scale: the
     # gradient of (W_p, W_n) is orthogonal to it and grows as it shrinks (∝ 1/scale), and it is
