@@ -296,3 +296,11 @@ def test_main_prints_the_refusal_in_one_line(tmp_path, capsys):
     assert main.main(["--evaluate", "--resume", str(path), "--save_path", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: refusing to load") and err.count("\n") == 1 and "system" in err
+
+
+def test_resume_with_weights_only_decay_names_the_flag(tmp_path, reference_module, capsys):
+    path, _, _ = reference_run(tmp_path)
+    code = main.main(["--resume", str(path), "--decay_on", "weights", "--save_path", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--decay_on all" in err and "3 groups" not in err and err.count("\n") == 1
+    assert "2 groups" in err
