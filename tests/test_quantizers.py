@@ -56,10 +56,12 @@ def test_ttq_gradients_follow_the_equations():
     negative = torch.tensor(0.25, requires_grad=True)
     upstream = torch.arange(1.0, 9.0)  # dL/dT = 1 .. 8
     get_quantizer("ttq").differentiable(latent, (0.05,), (positive, negative)).backward(upstream)
-    # Δ = 0.15: positive region {1.0, 3.0} (dL/dT 3, 7), negative {-0.5, -2.0, -0.3} (2, 4, 8), zero the rest
+    # Δ = 0.15: positive region {1.0, 3.0} (dL/dT 3, 7), negative {-0.5, -2.0, -0.3} (2, 4, 8), zero the rest,
+    # whose factor is the scales' unit (1.5 + 0.25) / 2 = 0.875
     assert positive.grad.item() == 3 + 7
     assert negative.grad.item() == -(2 + 4 + 8)
-    assert torch.equal(latent.grad, torch.tensor([1.0, 2 * 0.25, 3 * 1.5, 4 * 0.25, 5.0, 6.0, 7 * 1.5, 8 * 0.25]))
+    assert torch.equal(latent.grad, torch.tensor([1 * 0.875, 2 * 0.25, 3 * 1.5, 4 * 0.25, 5 * 0.875, 6 * 0.875,
+                                                  7 * 1.5, 8 * 0.25]))
 
 
 def test_ttq_scale_gradients_match_autograd_and_finite_differences():
