@@ -31,7 +31,11 @@ def test_readme_ternarizer_figures_are_the_records_and_the_withdrawn_ttq_model()
     text = " ".join(readme().split())
     assert f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, against" in text
     assert f"against {record('fp_resnet20_e40_seed5000')['best_top1']:.2f}% for full precision of the same seed" in text
-    assert f"scale handling collapsed here ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%; that model is withdrawn)" in text
+    assert f"code scales it collapsed here ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%, withdrawn)" in text
+    fine_tuned = record("ttq_ff_ft_resnet20_e40_seed5000")["best_top1"]
+    start = record("fp_resnet20_e200_seed5000")["best_top1"]
+    assert (f"its authors' recipe to {fine_tuned:.2f}% on CIFAR-10 ({fine_tuned - start:.2f} from the "
+            f"{start:.2f}% model it starts from;") in text.replace("−", "-")
     with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
         manifest = json.load(f)
     assert "ttq_resnet20_e40_seed5000" in [note["name"] for note in manifest["withdrawn"]]
