@@ -9,9 +9,9 @@ dL/dW = dL/dT · (W_p, u, W_n) on (W > Δ, |W| ≤ Δ, W < −Δ) with u = (W_p 
 paper and code write u = 1 with scales that start at 1, so 1 is the scales' unit there;
 here they start at their regions' mean magnitude (0.05–0.5 in a CIFAR-10 ResNet-20), and a
 literal 1 pushes the zero region's weights out of it 2–20 times harder than TTQ's does (a
-CIFAR-10 fine-tune kept 3.6% zeros of the 25.5% it started with). TTQ's paper writes +Σ for dL/dW_n, the gradient of the
-signed scale −W_n; the sign here is that of the positive magnitude W_n the layer stores.
-One branch (no REL).
+CIFAR-10 fine-tune kept 3.6% zeros of the 25.5% it started with). TTQ's paper writes +Σ
+for dL/dW_n, the gradient of the signed scale −W_n; the sign here is that of the positive
+magnitude W_n the layer stores. One branch (no REL).
 """
 from __future__ import annotations
 
