@@ -66,6 +66,11 @@ def load_optimizer_state(path: str, settings: OptimizerSettings, optimizer: torc
     if saved_kind != settings.name:
         raise UserError(f"{path} was trained with the {saved_kind} optimizer; resume it with "
                         f"--optimizer {saved_kind} (or use --fine_tune to restart from its weights)")
+    if len(groups) != len(optimizer.param_groups):
+        raise UserError(f"{path}'s optimizer has {len(groups)} parameter group(s), this run's has "
+                        f"{len(optimizer.param_groups)} groups, set by --decay_on and trained quantizer scales (one "
+                        "group: --decay_on all, no trained scales, as the authors' code); resume it with the settings "
+                        "it was trained with, or train on from its weights with --fine_tune")
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError) as exc:
@@ -113,11 +118,6 @@ def _resume_reference(path: str, checkpoint: dict, settings: OptimizerSettings, 
         log(f"=> loaded {path} (weights only: the reference file holds no epoch and optimizer)")
         return TrainingState(start_epoch)
     epoch = int(checkpoint["epoch"])
-    saved_groups = checkpoint["optimizer"].get("param_groups") if isinstance(checkpoint["optimizer"], dict) else None
-    if isinstance(saved_groups, list) and saved_groups and len(saved_groups) != len(optimizer.param_groups):
-        raise UserError(f"{path} is a run of the authors' code, whose optimizer decays every parameter in one group; "
-                        f"this run's optimizer has {len(optimizer.param_groups)} groups (--decay_on weights or "
-                        "trained scales): resume it with --decay_on all, or train on from its weights with --fine_tune")
     load_optimizer_state(path, settings, optimizer, checkpoint["optimizer"])
     factor = scheduler.lr_lambdas[0](epoch)
     for group in optimizer.param_groups:  # the command line's hyper-parameters, the file's buffers
