@@ -1,5 +1,5 @@
 """Brevitas as the outside peer (--quantizer brevitas, issue 37): its layers are Brevitas's
-own QuantConv2d / QuantLinear with 2-bit narrow-range weights, so these tests run where
+own QuantConv2d / QuantLinear with its ternary weight quantizer, so these tests run where
 the optional extra (requirements-peers.txt) is installed; the last two run everywhere:
 what a user without it sees, and the rule the exports store."""
 import json
@@ -13,12 +13,12 @@ import torch
 import models
 from helpers import QUICK, ROOT, run_main, train_resume_export_evaluate
 from models.quantizers import get_quantizer
-from models.quantizers.brevitas import brevitas_codes
+from models.quantizers.brevitas import TERNARY_SCALE, brevitas_codes
 from models.ternary import layer_stats, ternary_layers
 
 try:
     import brevitas.nn as qnn
-    from brevitas.quant import Int8WeightPerTensorFloat
+    from brevitas.quant import SignedTernaryWeightPerTensorConst
 except ImportError:
     qnn = None
 needs_brevitas = pytest.mark.skipif(qnn is None, reason="Brevitas is an optional extra: "
@@ -26,31 +26,30 @@ needs_brevitas = pytest.mark.skipif(qnn is None, reason="Brevitas is an optional
 
 
 def test_brevitas_rule_by_hand():
-    weight = torch.tensor([0.9, -0.3, 0.5, -1.0, 0.51, -0.5])  # s = 1: ±s above s/2, half to even gives 0
+    """s = 0.1 in every layer: ±s above s/2 = 0.05, 0 below; W/s = ±0.5 rounds half to even, to 0."""
+    weight = torch.tensor([0.09, -0.03, 0.05, -2.0, 0.0625, -0.05, 0.0])
     codes, scale = brevitas_codes(weight)
-    assert scale.item() == 1.0 and codes.tolist() == [1.0, 0.0, 0.0, -1.0, 1.0, -0.0]
+    assert scale.item() == pytest.approx(0.1) and codes.tolist() == [1.0, 0.0, 0.0, -1.0, 1.0, -0.0, 0.0]
     strategy = get_quantizer("brevitas")
-    assert strategy.weight(weight, (), ()).tolist() == [1.0, 0.0, 0.0, -1.0, 1.0, 0.0]
-    assert strategy.weight(torch.zeros(3), (), ()).tolist() == [0.0, 0.0, 0.0]  # s floored at 1e-10
-    [(int_codes, term_scale)] = strategy.terms(weight * 0.25, (), ())
-    assert int_codes.dtype == torch.int8 and int_codes.tolist() == [1, 0, 0, -1, 1, 0] and term_scale.item() == 0.25
+    assert strategy.weight(weight, (), ()).tolist() == pytest.approx([0.1, 0.0, 0.0, -0.1, 0.1, 0.0, 0.0])
+    [(int_codes, term_scale)] = strategy.terms(weight * 10, (), ())  # the scale does not follow the weights
+    assert int_codes.dtype == torch.int8 and int_codes.tolist() == [1, -1, 1, -1, 1, -1, 0]
+    assert term_scale.item() == pytest.approx(0.1)
 
 
 @needs_brevitas
 def test_layers_are_brevitas_layers_and_match_a_stock_one():
     """The ternarized model's layers are Brevitas's; forward and gradients equal a stock
-    QuantConv2d with the same weights and Brevitas's per-tensor quantizer at 2 bits."""
+    QuantConv2d with the same weights and Brevitas's ternary weight quantizer."""
     torch.manual_seed(0)
     model = models.get_model("tern_resnet20", quantizer="brevitas")
     layers = dict(ternary_layers(model))
     assert len(layers) == 20 and isinstance(layers["conv_1_3x3"], qnn.QuantConv2d)
     assert isinstance(layers["classifier"], qnn.QuantLinear)
 
-    class TwoBit(Int8WeightPerTensorFloat):
-        bit_width = 2
-
+    assert SignedTernaryWeightPerTensorConst.scaling_const == TERNARY_SCALE  # what exports store without Brevitas
     ours = layers["stage_1.0.conv_a"]
-    stock = qnn.QuantConv2d(16, 16, 3, padding=1, bias=False, weight_quant=TwoBit)
+    stock = qnn.QuantConv2d(16, 16, 3, padding=1, bias=False, weight_quant=SignedTernaryWeightPerTensorConst)
     stock.weight.data.copy_(ours.weight.data)
     images = torch.randn(2, 16, 8, 8)
     out_ours, out_stock = ours(images), stock(images)
@@ -58,6 +57,7 @@ def test_layers_are_brevitas_layers_and_match_a_stock_one():
     out_ours.square().sum().backward()
     out_stock.square().sum().backward()
     assert torch.equal(ours.weight.grad, stock.weight.grad)
+    assert 0 < (ours.weight.grad != 0).float().mean() and ours.weight.abs().max() > TERNARY_SCALE  # straight through
     assert torch.equal(stock.quant_weight().value.detach(), get_quantizer("brevitas").weight(ours.weight, (), ()))
 
 
@@ -74,7 +74,7 @@ def test_eval_forward_uses_the_cache_and_gives_the_training_values():
     assert torch.allclose(model(images), cached, rtol=0, atol=1e-5)  # Brevitas's own forward (grad enabled)
     stats = layer_stats(layer)
     assert stats["levels"] == 3 and stats["quantizer"] == "brevitas"
-    assert stats["alphas"] == [pytest.approx(layer.weight.detach().abs().max().item())]
+    assert stats["alphas"] == [pytest.approx(TERNARY_SCALE)]
 
 
 @needs_brevitas

@@ -1,14 +1,15 @@
 """Brevitas's ternary weights, the outside peer: the layers train through Brevitas's own
-brevitas.nn.QuantConv2d / QuantLinear with its stock per-tensor weight quantizer
-(Int8WeightPerTensorFloat) at 2 bits, narrow range, i.e. integer levels −1, 0, +1:
+brevitas.nn.QuantConv2d / QuantLinear with its ternary weight quantizer
+(brevitas.quant.SignedTernaryWeightPerTensorConst: 2 bits, narrow range, i.e. integer
+levels −1, 0, +1, and a constant per-tensor scale s = 0.1):
 
-    s = max(max|W|, 1e-10),   T(W) = s · clamp(round(W / s), −1, 1)
+    T(W) = s · clamp(round(W / s), −1, 1)
 
-so a weight is ±s where |W| > s/2 and 0 below (round half to even). Backward is
-Brevitas's: straight through the rounding, and through s into the max. Brevitas is an
-optional extra (`pip install -r requirements-peers.txt`); without it a brevitas layer
-cannot be built, but files written from one (.tern, ONNX) load and run, since the rule
-above is all they need. No threshold factor, no REL.
+so a weight is ±s where |W| > s/2 and 0 below (round half to even), in every layer.
+Backward is Brevitas's: straight through the rounding and the clamp, dL/dW = dL/dT.
+Brevitas is an optional extra (`pip install -r requirements-peers.txt`); without it a
+brevitas layer cannot be built, but files written from one (.tern, ONNX) load and run,
+since the rule above is all they need. No threshold factor, no REL.
 """
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ import torch.nn.functional as F
 
 from . import Quantizer, register
 
-SCALE_FLOOR = 1e-10  # Brevitas's scaling_min_val for this quantizer
+TERNARY_SCALE = 0.1  # SignedTernaryWeightPerTensorConst.scaling_const, so exports need no Brevitas
 
 
 def brevitas_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes clamp(round(W/s), −1, 1) as float, s = max|W|), statistics in fp32."""
-    latent = weight.detach().float()
-    scale = (latent.abs().amax() if latent.numel() else latent.new_zeros(())).clamp_min(SCALE_FLOOR)
-    return (latent / scale).round().clamp(-1, 1), scale
+    """(codes clamp(round(W/s), −1, 1) as float, s = 0.1), computed in fp32."""
+    scale = torch.tensor(TERNARY_SCALE, device=weight.device)
+    return (weight.detach().float() / scale).round().clamp(-1, 1), scale
 
 
 @functools.cache
@@ -39,14 +39,11 @@ def brevitas_layer_classes() -> tuple[type, type]:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # Brevitas imports it: "no CUDA" noise
     try:
         import brevitas.nn as qnn
-        from brevitas.quant import Int8WeightPerTensorFloat
+        from brevitas.quant import SignedTernaryWeightPerTensorConst
     except ImportError as exc:
         raise ValueError("the brevitas quantizer trains through Brevitas's layers, which are not installed: "
                          "pip install -r requirements-peers.txt") from exc
     from models.ternary import TernaryLayerMixin
-
-    class TernaryWeight(Int8WeightPerTensorFloat):
-        bit_width = 2  # with Brevitas's narrow range: integer levels −1, 0, +1
 
     class BrevitasLayerMixin(TernaryLayerMixin):
         def _brevitas_trains(self) -> bool:
@@ -59,11 +56,11 @@ def brevitas_layer_classes() -> tuple[type, type]:
             return super().quantized_weight()
 
     class BrevitasTernConv2d(BrevitasLayerMixin, qnn.QuantConv2d):
-        """brevitas.nn.QuantConv2d with 2-bit narrow-range weights; under no_grad it applies
+        """brevitas.nn.QuantConv2d with Brevitas's ternary weights; under no_grad it applies
         the cached ternary weight (the same values) instead of re-quantizing every forward."""
 
         def __init__(self, *args, tfactors=(0.05,), quantizer: str = "brevitas", **kwargs) -> None:
-            super().__init__(*args, weight_quant=TernaryWeight, **kwargs)
+            super().__init__(*args, weight_quant=SignedTernaryWeightPerTensorConst, **kwargs)
             self._init_ternary(tfactors, quantizer)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,10 +69,10 @@ def brevitas_layer_classes() -> tuple[type, type]:
             return nn.Conv2d._conv_forward(self, x, self.quantized_weight(), self.bias)
 
     class BrevitasTernLinear(BrevitasLayerMixin, qnn.QuantLinear):
-        """brevitas.nn.QuantLinear with 2-bit narrow-range weights (eval cache as above)."""
+        """brevitas.nn.QuantLinear with Brevitas's ternary weights (eval cache as above)."""
 
         def __init__(self, *args, tfactors=(0.05,), quantizer: str = "brevitas", **kwargs) -> None:
-            super().__init__(*args, weight_quant=TernaryWeight, **kwargs)
+            super().__init__(*args, weight_quant=SignedTernaryWeightPerTensorConst, **kwargs)
             self._init_ternary(tfactors, quantizer)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,9 +86,9 @@ def brevitas_layer_classes() -> tuple[type, type]:
 @register
 class BrevitasQuantizer(Quantizer):
     name = "brevitas"
-    summary = ("Brevitas 2-bit narrow-range weights through its own QuantConv2d/QuantLinear: s = max|W|, "
-               "T(W) = s·clamp(round(W/s), −1, 1) (optional extra: requirements-peers.txt)")
-    label = "Brevitas 2-bit narrow range (s = max\\|W\\|, ±s above s/2)"
+    summary = ("Brevitas's ternary weights (SignedTernaryWeightPerTensorConst) through its own "
+               "QuantConv2d/QuantLinear: T(W) = 0.1·clamp(round(W/0.1), −1, 1) (optional extra: requirements-peers.txt)")
+    label = "Brevitas ternary (constant s = 0.1, ±s above s/2)"
     reported_resnet20 = "none (a library, not a paper)"
     own_recipe = "none (a library)"
     tfactor = False
