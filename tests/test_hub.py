@@ -191,3 +191,17 @@ def test_names_of_every_variant_give_their_family_and_network(name, family, quan
     model = _untrained({"name": name, "arch": arch})
     assert (type(model.conv_1_3x3) is torch.nn.Conv2d) == first_conv_fp
     assert {layer.quantizer for _, layer in models.ternary_layers(model)} == ({quantizer} if quantizer else set())
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("tern_resnet20_e40_seed5000", "(ternarized, paper quantizer)"),
+    ("fp_resnet20_e200_seed5000", "(full precision)"),
+    ("ttq_ff_ft_resnet20_e40_seed5000",
+     "(ternarized, ttq quantizer, first conv full precision, fine-tuned from full precision)"),
+    ("rel2_auto_resnet20_e40_seed5000", "(ternarized, paper quantizer, REL t_ex = 2, optimised thresholds)"),
+])
+def test_an_entry_points_help_says_how_its_models_were_made(name, kind):
+    from utils.pretrained import _hub_entry, family_of
+
+    entry = {"name": name, "arch": "resnet20", "epochs": 40, "seed": 5000, "dataset": "cifar10"}
+    assert f"{family_of(name)}: resnet20 {kind} on cifar10." in _hub_entry(family_of(name), [entry], "").__doc__

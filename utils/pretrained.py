@@ -34,6 +34,8 @@ PRETRAINED_ROOT = os.path.join(ROOT, "pretrained")
 # scripts' suffixes: _auto thresholds, _fflf / _ff (first and last / first layer full precision), _ft fine-tuned
 _NAME = re.compile(r"^(?P<variant>[a-z0-9]+(?:_(?:auto|fflf|ff|ft))*)_(?P<arch>.+)_e(?P<epochs>\d+)_seed(?P<seed>\d+)$")
 _FIRST_LAST_SUFFIXES = {"fflf": "fp", "ff": "first_fp"}
+_SUFFIX_WORDS = {"auto": "optimised thresholds", "fflf": "first and last layer full precision",
+                 "ff": "first conv full precision", "ft": "fine-tuned from full precision"}
 
 
 def read_manifest(path: str) -> dict:
@@ -163,8 +165,11 @@ def _hub_entry(family: str, entries: list[dict], root: str) -> Callable[..., nn.
         return load_pretrained(chosen[0]["name"], root)
 
     first = entries[0]
-    variant = _NAME.match(first["name"])["variant"]
-    kind = "full precision" if variant == "fp" else f"ternarized, {'paper' if variant == 'tern' else variant} quantizer"
+    method, *suffixes = _NAME.match(first["name"])["variant"].split("_")
+    quantizer = method if method in models.QUANTIZERS else "paper"
+    kind = ", ".join(["full precision" if method == "fp" else f"ternarized, {quantizer} quantizer",
+                      *([f"REL t_ex = {method[3:]}"] if method.startswith("rel") else []),
+                      *(_SUFFIX_WORDS[suffix] for suffix in suffixes)])
     shipped = "; ".join(f"epochs={e}, seed={s}" for e, s in runs)
     entry_point.__name__ = entry_point.__qualname__ = family
     entry_point.__doc__ = (
