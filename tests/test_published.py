@@ -176,11 +176,14 @@ def test_withdraw_takes_a_shipped_model_back_and_the_card_says_why(tmp_path, cap
 def test_model_card_names_the_fine_tuned_models():
     with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
         manifest = json.load(f)
-    assert "fine-tuned" not in publish.model_card(manifest, "pretrained/cifar10")
-    entry = dict(manifest["files"][-1], name="ttq_ff_ft_resnet20_e40_seed5000",
+    from_scratch = [e for e in manifest["files"] if "--pretrained" not in e["trained_with"]]
+    assert "fine-tuned" not in publish.model_card({**manifest, "files": from_scratch}, "pretrained/cifar10")
+    entry = dict(from_scratch[-1], name="ttq_ff_ft_resnet20_e40_seed5000",
                  trained_with="python main.py --quantizer ttq --first_last first_fp --pretrained fp.pth")
-    card = publish.model_card({**manifest, "files": manifest["files"] + [entry]}, "pretrained/cifar10")
-    assert "except ttq_ff_ft_resnet20_e40_seed5000, fine-tuned from the full-precision weights" in card
+    card = " ".join(publish.model_card({**manifest, "files": [entry] + from_scratch}, "pretrained/cifar10").split())
+    assert "except ttq_ff_ft_resnet20_e40_seed5000: fine-tuned from the full-precision weights" in card
+    example = next(e for e in from_scratch if e["quantizer"] != "none")  # the example is trained from scratch
+    assert f"(e.g. `{example['trained_with']}`)" in card
 
 
 def test_records_only_commits_a_runs_records_without_shipping_it(tmp_path, capsys):

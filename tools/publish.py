@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 
 from models import get_quantizer
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -427,16 +428,20 @@ def _cell(entry: dict, key: str, fmt: str) -> str:
     return "—" if entry.get(key) is None else format(entry[key], fmt)
 
 
-def _training_note(manifest: dict) -> str:
-    """How the shipped models were trained: from scratch with the paper's recipe, and which
-    were fine-tuned instead (their manifest command names --pretrained)."""
-    note = ("From scratch with the paper's CIFAR recipe (SGD, Nesterov momentum 0.9, lr 0.1 with ×0.1,\n"
-            "×0.1, ×0.5 at 40/60/80% of the epochs, weight decay 3e-4, batch 128, random crop and flip)")
+def _training_note(manifest: dict, example: dict) -> str:
+    """How the shipped models were trained, as one wrapped paragraph: from scratch with the
+    paper's recipe, except those fine-tuned instead (their manifest command names --pretrained)."""
+    note = ("From scratch with the paper's CIFAR recipe (SGD, Nesterov momentum 0.9, lr 0.1 with ×0.1, ×0.1, ×0.5 "
+            "at 40/60/80% of the epochs, weight decay 3e-4, batch 128, random crop and flip)")
     fine_tuned = [entry["name"] for entry in manifest["files"] if "--pretrained" in entry.get("trained_with", "")]
     if fine_tuned:
-        note += (f", except {', '.join(fine_tuned)}, fine-tuned from the full-precision weights\n"
-                 "their command names with `--pretrained`,")
-    return note
+        note += (f", except {', '.join(fine_tuned)}: fine-tuned from the full-precision weights their command "
+                 "names with `--pretrained`, at the learning rate and schedule it gives")
+    records = os.path.dirname(example.get("records", "results/DATASET/NAME"))
+    note += (f", through `train_CIFAR10.sh`. The exact command of each model is its manifest entry's "
+             f"`trained_with` (e.g. `{example.get('trained_with', '')}`), and its per-epoch records are in "
+             f"`{records}/NAME/`.")
+    return textwrap.fill(note, width=92, break_long_words=False, break_on_hyphens=False)
 
 
 def model_card(manifest: dict, folder: str) -> str:
@@ -455,8 +460,9 @@ def model_card(manifest: dict, folder: str) -> str:
         table.append(f"| {entry['name']} | {entry['arch']} | {entry.get('quantizer', '—')} | {entry['epochs']} | "
                      f"{entry['seed']} | {entry['top1']:.2f} | {zeros} | {_cell(entry, 'bits_per_weight', 'g')} | "
                      f"[{entry['file']}]({entry['file']}) ({entry['bytes']:,}) | `{entry['sha256'][:12]}` |")
-    example = next((e for e in manifest["files"] if e.get("quantizer") not in (None, "none")),
-                   manifest["files"][0] if manifest["files"] else {})
+    ternary = [e for e in manifest["files"] if e.get("quantizer") not in (None, "none")]
+    example = next((e for e in ternary if "--pretrained" not in e.get("trained_with", "")),
+                   (ternary or manifest["files"] or [{}])[0])
     hub = (f'torch.hub.load(".", "{family_of(example["name"])}", source="local", pretrained=True, '
            f'epochs={example["epochs"]}, seed={example["seed"]})') if example else ""
     withdrawn = "".join(
@@ -493,10 +499,7 @@ the file against the sha256 above. Evaluate one on the test set with the manifes
 
 ## Training
 
-{_training_note(manifest)}
-through `train_CIFAR10.sh`; the exact command of each model is its manifest entry's
-`trained_with` (e.g. `{example.get('trained_with', '')}`), and its per-epoch records are in
-`{os.path.dirname(example.get('records', 'results/DATASET/NAME'))}/NAME/`.
+{_training_note(manifest, example)}
 
 ## Intended use and limitations
 
