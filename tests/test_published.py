@@ -199,3 +199,25 @@ def test_records_only_commits_a_runs_records_without_shipping_it(tmp_path, capsy
     assert publish.main([str(run), "--records_only", "--allow_subset", *roots]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert publish.main([str(run), "--records_only", "--allow_subset", "--overwrite", *roots]) == 0
+
+
+def test_a_run_committed_records_only_can_ship_its_model_later(tmp_path, capsys):
+    """A bench cell that wins its row after its records were committed alone: publishing it
+    keeps those records and ships the model; records of another run of that name need --overwrite."""
+    run = tmp_path / "save" / "tern_resnet20_e1_seed5000"
+    assert main.main(["--epochs", "1", "--subset", "128", "--print_freq", "1000", "--save_path", str(run)]) == 0
+    roots = ["--results", str(tmp_path / "results"), "--pretrained", str(tmp_path / "pretrained"), "--allow_subset"]
+    assert publish.main([str(run), "--records_only", *roots]) == 0
+    records = tmp_path / "results" / "digits" / "tern_resnet20_e1_seed5000"
+    assert publish.main([str(run), "--data_path", "unused", *roots]) == 0
+    assert "already holds this run's records" in capsys.readouterr().out
+    (entry,) = json.loads((tmp_path / "pretrained" / "digits" / "manifest.json").read_text())["files"]
+    assert entry["records"].endswith("tern_resnet20_e1_seed5000")
+
+    other = tmp_path / "save2" / "tern_resnet20_e1_seed5000"
+    assert main.main(["--epochs", "1", "--subset", "100", "--print_freq", "1000", "--save_path", str(other)]) == 0
+    shutil.rmtree(tmp_path / "pretrained")
+    assert publish.main([str(other), "--data_path", "unused", *roots]) == 2
+    assert "holds other records of tern_resnet20_e1_seed5000; pass --overwrite" in capsys.readouterr().err
+    assert publish.main([str(other), "--data_path", "unused", "--overwrite", *roots]) == 0
+    assert json.loads((records / "results.json").read_text())["args"]["subset"] == 100

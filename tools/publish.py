@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import filecmp
 import os
 import shutil
 import signal
@@ -234,13 +235,26 @@ def commit_manifest(pretrained_dir: str, manifest: dict) -> None:
     write_text(os.path.join(pretrained_dir, "README.md"), model_card(manifest, shown_path(pretrained_dir)))
 
 
-def _half_published(name: str, results_dir: str, pretrained_dir: str, manifest: dict) -> list[str]:
-    """Files of `name` that a killed publish left without a manifest entry listing them."""
+def _half_published(name: str, run_dir: str, results_dir: str, pretrained_dir: str, manifest: dict,
+                    overwrite: bool, log) -> list[str]:
+    """Files of `name` that a killed publish left without a manifest entry listing them. A
+    records folder alone is kept when it holds this run's records (committed with
+    --records_only, or moved in by a publish killed before its model): the model ships beside
+    it. Records of another run of that name are replaced only with --overwrite."""
     if any(entry["name"] == name for entry in manifest["files"]):
         return []
-    leftovers = [results_dir] if os.path.isdir(results_dir) else []
-    return leftovers + [os.path.join(pretrained_dir, name + suffix) for suffix in (".tern", ".pth")
-                        if os.path.isfile(os.path.join(pretrained_dir, name + suffix))]
+    models = [os.path.join(pretrained_dir, name + suffix) for suffix in (".tern", ".pth")
+              if os.path.isfile(os.path.join(pretrained_dir, name + suffix))]
+    if models:
+        return [results_dir, *models] if os.path.isdir(results_dir) else models
+    if overwrite or not os.path.isdir(results_dir):
+        return []  # with --overwrite the records are replaced when the publish moves its own in
+    if all(os.path.isfile(os.path.join(results_dir, record_name)) and filecmp.cmp(
+            os.path.join(results_dir, record_name), os.path.join(run_dir, record_name), shallow=False)
+           for record_name in RECORDS):
+        log(f"=> {shown_path(results_dir)} already holds this run's records; shipping its model beside them")
+        return []
+    raise UserError(f"{shown_path(results_dir)} holds other records of {name}; pass --overwrite to replace them")
 
 
 def _remove_paths(paths: list[str]) -> None:
@@ -262,7 +276,7 @@ def publish(run_dir: str, data_path: str, results_root: str, pretrained_root: st
     manifest_path = os.path.join(pretrained_dir, "manifest.json")
     with publishing_lock(pretrained_dir):
         manifest = read_manifest(manifest_path)
-        leftovers = _half_published(name, results_dir, pretrained_dir, manifest)
+        leftovers = _half_published(name, run_dir, results_dir, pretrained_dir, manifest, overwrite, log)
         if leftovers:
             _remove_paths(leftovers)
             log(f"=> removed what an interrupted publish of {name} left: {', '.join(map(shown_path, leftovers))}")
