@@ -34,6 +34,9 @@ def test_readme_ternarizer_figures_are_the_records_and_the_withdrawn_ttq_model()
     assert f"code scales it collapsed here ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%, withdrawn)" in text
     fine_tuned = record("ttq_ff_ft_resnet20_e40_seed5000")["best_top1"]
     start = record("fp_resnet20_e200_seed5000")["best_top1"]
+    shared = [f"{record(f'{method}_ft_resnet20_e40_seed5000')['best_top1']:.2f}" for method in ("tern", "twn", "absmean")]
+    assert (f"fine-tuned from the shipped {start:.2f}% model (one shared recipe), paper {shared[0]}%, "
+            f"TWN {shared[1]}%, absmean {shared[2]}%") in text
     assert (f"its authors' recipe to {fine_tuned:.2f}% on CIFAR-10 ({fine_tuned - start:.2f} from the "
             f"{start:.2f}% model it starts from;") in text.replace("−", "-")
     with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
