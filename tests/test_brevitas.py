@@ -57,7 +57,8 @@ def test_layers_are_brevitas_layers_and_match_a_stock_one():
     out_ours.square().sum().backward()
     out_stock.square().sum().backward()
     assert torch.equal(ours.weight.grad, stock.weight.grad)
-    assert 0 < (ours.weight.grad != 0).float().mean() and ours.weight.abs().max() > TERNARY_SCALE  # straight through
+    clamped = ours.weight.abs() > 1.5 * TERNARY_SCALE  # straight through the clamp too: these still learn
+    assert clamped.any() and (ours.weight.grad[clamped] != 0).all()
     assert torch.equal(stock.quant_weight().value.detach(), get_quantizer("brevitas").weight(ours.weight, (), ()))
 
 
