@@ -11,6 +11,7 @@ import torch
 
 import main
 from conftest import ROOT
+from models import QUANTIZERS, get_quantizer
 from tools import publish, report
 from utils.data import dataset_info
 from utils.model_loader import load_model
@@ -221,3 +222,12 @@ def test_a_run_committed_records_only_can_ship_its_model_later(tmp_path, capsys)
     assert "holds other records of tern_resnet20_e1_seed5000; pass --overwrite" in capsys.readouterr().err
     assert publish.main([str(other), "--data_path", "unused", "--overwrite", *roots]) == 0
     assert json.loads((records / "results.json").read_text())["args"]["subset"] == 100
+
+
+def test_the_model_card_names_the_rule_of_each_shipped_quantizer():
+    with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
+        manifest = json.load(f)
+    card = publish.model_card(manifest, "pretrained/cifar10")
+    shipped = {entry["quantizer"] for entry in manifest["files"]} - {"none"}
+    assert shipped and all(f"- `{name}`: {get_quantizer(name).label}\n" in card for name in shipped)
+    assert not any(f"- `{name}`:" in card for name in set(QUANTIZERS) - shipped)
