@@ -430,3 +430,17 @@ def test_refresh_writes_the_preprocessing_into_shipped_files_and_keeps_their_top
     assert "nothing was changed" in one_line_error(capsys, publish.main(["--refresh", "digits",
                                                                          *publish_roots(tmp_path)]))
     assert shipped.read_bytes() == before and not [n for n in os.listdir(folder) if n.startswith(".publish-")]
+
+
+@pytest.mark.parametrize("signal_status", [130, 143])
+def test_the_matrix_stops_when_a_run_is_interrupted(tmp_path, signal_status):
+    """A run stopped by SIGINT / SIGTERM alone (kill of main.py) ends the matrix with its status
+    instead of starting the next run; the same command resumes it."""
+    launcher = tmp_path / "interrupted.sh"
+    launcher.write_text(f"echo interrupted by a signal >&2; exit {signal_status}\n")
+    env = dict(os.environ, PYTHON=f"bash {launcher}", PRECISION="fp32", EPOCHS="1",
+               SAVE_ROOT=str(tmp_path / "save"), DATASET="digits", ARCHS="resnet20 resnet32")
+    done = subprocess.run(["bash", "train_CIFAR10.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == signal_status, done.stdout + done.stderr
+    assert done.stdout.count("== run:") == 1
+    assert "was interrupted; the same command resumes it, no later run was started" in done.stderr

@@ -4,7 +4,9 @@
 #   FORCE=1      rerun finished runs (a finished run has results.json in its folder)
 # A run that fails is reported and the matrix goes on (finish_matrix exits 1 if any did); a
 # run main.py refuses (exit 2: missing data, a bad flag, a folder another run is writing to)
-# stops the matrix at once with exit 2, since the same refusal would meet every later run.
+# stops the matrix at once with exit 2, since the same refusal would meet every later run. A
+# run stopped by SIGINT or SIGTERM (exit 130 / 143, its checkpoint saved) stops the matrix too,
+# with the run's exit status: the same command resumes it.
 
 FAILED_RUNS=()
 
@@ -69,6 +71,9 @@ run_one() {
     if [ "$status" = 2 ]; then
         echo "== stopped: main.py refused $save_dir (the error above); no later run was started" >&2
         exit 2
+    elif [ "$status" = 130 ] || [ "$status" = 143 ]; then
+        echo "== stopped: $save_dir was interrupted; the same command resumes it, no later run was started" >&2
+        exit "$status"
     elif [ "$status" != 0 ]; then
         FAILED_RUNS+=("$save_dir")
     fi
