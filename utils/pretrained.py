@@ -135,10 +135,16 @@ def family_of(name: str) -> str:
     return arch if variant == "fp" else f"{variant}_{arch}"
 
 
+def _variant_parts(name: str) -> tuple[str, str, list[str]]:
+    """(method, quantizer, suffixes) of a shipped model's name: ttq_ff_ft_… → ("ttq", "ttq", ["ff", "ft"]);
+    "tern" and "rel2" are the paper's quantizer."""
+    method, *suffixes = _NAME.match(name)["variant"].split("_")
+    return method, method if method in models.QUANTIZERS else "paper", suffixes
+
+
 def _untrained(entry: dict, **kwargs) -> nn.Module:
     """The architecture of a shipped family with fresh weights (models.get_model)."""
-    method, *suffixes = _NAME.match(entry["name"])["variant"].split("_")
-    quantizer = method if method in models.QUANTIZERS else "paper"  # "tern", "rel2": the paper's
+    _, quantizer, suffixes = _variant_parts(entry["name"])
     first_last = next((_FIRST_LAST_SUFFIXES[s] for s in suffixes if s in _FIRST_LAST_SUFFIXES), None)
     options = {"num_classes": len((entry.get("preprocessing") or {}).get("classes") or []) or 10,
                "first_last": first_last, **kwargs}
@@ -165,8 +171,7 @@ def _hub_entry(family: str, entries: list[dict], root: str) -> Callable[..., nn.
         return load_pretrained(chosen[0]["name"], root)
 
     first = entries[0]
-    method, *suffixes = _NAME.match(first["name"])["variant"].split("_")
-    quantizer = method if method in models.QUANTIZERS else "paper"
+    method, quantizer, suffixes = _variant_parts(first["name"])
     kind = ", ".join(["full precision" if method == "fp" else f"ternarized, {quantizer} quantizer",
                       *([f"REL t_ex = {method[3:]}"] if method.startswith("rel") else []),
                       *(_SUFFIX_WORDS[suffix] for suffix in suffixes)])
