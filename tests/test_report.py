@@ -54,6 +54,18 @@ def test_ternarized_rows_are_compared_with_full_precision_at_equal_epochs(tmp_pa
     assert report.full_precision_twin("tern_alexnet_fq_lq") == "alexnet_vanilla"
 
 
+def test_runs_on_two_copies_of_a_data_set_are_never_averaged_together(tmp_path):
+    for kind, fp, tern in (("lossless", 70.0, 69.0), ("jpeg", 68.0, 68.5)):
+        write_run(tmp_path / f"{kind}/fp", "resnet20", 5000, fp, epochs=60, data_path=f"data/paired/{kind}")
+        write_run(tmp_path / f"{kind}/tern", "tern_resnet20", 5000, tern, epochs=60, data_path=f"/abs/paired/{kind}/")
+    rows = {(row["data_set"], row["config"]): row for row in report.report_rows(report.find_runs([str(tmp_path)]))}
+    assert len(rows) == 4
+    assert rows[("cifar10 (lossless)", "tern_resnet20")]["vs_fp"] == pytest.approx(-1.0)
+    assert rows[("cifar10 (jpeg)", "tern_resnet20")]["vs_fp"] == pytest.approx(0.5)
+    assert rows[("cifar10 (jpeg)", "resnet20")]["top1"] == "68.00"
+    assert "| cifar10 (jpeg) | tern_resnet20 | 68.50 |" in report.format_rows(list(rows.values()))
+
+
 def test_partial_and_broken_runs_are_shown_not_dropped(tmp_path):
     write_run(tmp_path / "a", "resnet20", 5000, 90.0)
     write_run(tmp_path / "b", "resnet20", 5001, 50.0, done=3, status="running")

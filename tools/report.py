@@ -165,15 +165,19 @@ def full_precision_twin(config: str) -> str | None:
 
 
 def report_rows(runs: list[Run]) -> list[dict]:
-    """One row per (dataset, config, epochs, precision) of the training runs: complete seeds
+    """One row per (dataset, data folder, config, epochs, precision) of the training runs: complete seeds
     aggregated, partial runs counted. A ternarized row also gets its gap to the
     full-precision twin trained for as many epochs: the mean of the per-seed differences
     over the seeds both have (one baseline per comparison: the same seeds)."""
-    groups: dict[tuple[str, str, int, str], list[Run]] = {}
+    groups: dict[tuple[str, str, str, int, str], list[Run]] = {}
     for run in (run for run in runs if run.mode == "train"):  # runs differing only in their seed
-        groups.setdefault((run.dataset, run.config, run.epochs or 0, run.precision), []).append(run)
+        groups.setdefault((run.dataset, _data_kind(run.args), run.config, run.epochs or 0, run.precision),
+                          []).append(run)
+    folders: dict[str, set[str]] = {}
+    for dataset, folder, *_ in groups:
+        folders.setdefault(dataset, set()).add(folder)
     rows = []
-    for (dataset, config, _, _), group in sorted(groups.items()):
+    for (dataset, folder, config, _, _), group in sorted(groups.items()):
         complete = [r for r in group if r.status == "complete"]
         partial = [r for r in group if r.status != "complete"]
         top1 = [r.best_top1 for r in complete if r.best_top1 is not None]
@@ -182,7 +186,8 @@ def report_rows(runs: list[Run]) -> list[dict]:
         status = f"{len(complete)} complete" + (f", {len(partial)} partial ({progress} epochs)" if partial else "")
         reference = complete or partial
         rows.append({
-            "dataset": dataset, "config": config, "seeds": sorted(r.seed for r in complete if r.seed is not None),
+            "dataset": dataset, "data": folder, "config": config,
+            "data_set": f"{dataset} ({folder})" if len(folders[dataset]) > 1 else dataset, "seeds": sorted(r.seed for r in complete if r.seed is not None),
             "by_seed": {r.seed: r.best_top1 for r in complete if r.best_top1 is not None},
             "top1": _mean_std(top1), "top1_mean": statistics.mean(top1) if top1 else None,
             "paper": paper, "diff": statistics.mean(top1) - paper if top1 and paper is not None else None,
@@ -192,9 +197,11 @@ def report_rows(runs: list[Run]) -> list[dict]:
             "compression": reference[0].weight_compression, "sparsity": reference[0].sparsity,
             "wall_time_s": statistics.mean([r.wall_time_s for r in complete]) if complete else None,
         })
-    by_seed = {(row["dataset"], row["config"], row["epochs"], row["precision"]): row["by_seed"] for row in rows}
+    by_seed = {(row["dataset"], row["data"], row["config"], row["epochs"], row["precision"]): row["by_seed"]
+               for row in rows}
     for row in rows:
-        twin = by_seed.get((row["dataset"], full_precision_twin(row["config"]), row["epochs"], row["precision"]), {})
+        twin = by_seed.get((row["dataset"], row["data"], full_precision_twin(row["config"]), row["epochs"],
+                            row["precision"]), {})
         gaps = [top1 - twin[seed] for seed, top1 in row["by_seed"].items() if seed in twin]
         row["vs_fp"] = statistics.mean(gaps) if gaps else None
     return rows
@@ -211,7 +218,7 @@ def format_rows(rows: list[dict]) -> str:
     for row in rows:
         sparsity = None if row["sparsity"] is None else 100 * row["sparsity"]
         lines.append(
-            f"| {row['dataset']} | {row['config']} | {row['top1']} | {row['final']} | {number(row['vs_fp'], '+.2f')} | "
+            f"| {row['data_set']} | {row['config']} | {row['top1']} | {row['final']} | {number(row['vs_fp'], '+.2f')} | "
             f"{number(row['paper'], '.2f')} | {number(row['diff'], '+.2f')} | {len(row['seeds']) or '—'} | "
             f"{row['epochs'] or '—'} | {row['precision']} | "
             f"{number(row['compression'], '.1f')}{'×' if row['compression'] else ''} | "
@@ -407,7 +414,9 @@ def bench_table(runs: list[Run], dataset: str = "cifar10", arch: str = "resnet20
 
 
 def _data_kind(args: dict) -> str:
-    """The last folder of a run's --data_path: 'lossless' or 'jpeg' for the paired subset."""
+    """The last folder of a run's --data_path: 'lossless' or 'jpeg' for the paired subset.
+    The report never averages runs of two such folders (the same folder may be recorded
+    relative by one run and absolute by another)."""
     return os.path.basename(os.path.normpath(args.get("data_path") or "?"))
 
 
