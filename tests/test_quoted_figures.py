@@ -122,6 +122,23 @@ def test_readme_cifar10_prose_is_the_records():
     assert "ResNet-32 at 40 epochs trails by " + f"{gap32:+.2f}".replace("-", "−") in text
 
 
+def test_the_fp32_pair_figures_are_its_records():
+    def fp32(name):
+        with open(os.path.join(ROOT, "results", "fp32", "cifar10", name, "results.json")) as f:
+            return json.load(f)
+
+    fp, tern = fp32("fp_resnet20_e40_seed5000"), fp32("tern_resnet20_e40_seed5000")
+    assert {fp["precision"], tern["precision"]} == {"fp32+channels_last"}
+    bf16_gap = record("tern_resnet20_e40_seed5000")["best_top1"] - record("fp_resnet20_e40_seed5000")["best_top1"]
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        text = " ".join(f.read().split()).replace("−", "-")
+    assert f"Full precision: best {fp['best_top1']:.2f}% at epoch {fp['best_epoch']}, final {fp['final_top1']:.2f}%" in text
+    assert (f"Ternarized: best {tern['best_top1']:.2f}% at epoch {tern['best_epoch']}, final {tern['final_top1']:.2f}%, "
+            f"{100 * tern['sparsity']:.1f}% zeros") in text
+    assert (f"The gap is {tern['best_top1'] - fp['best_top1']:+.2f} points in fp32 against {bf16_gap:+.2f} in bf16 at "
+            "the same seed") in text
+
+
 def test_a_truncated_manifest_is_named_by_the_report(tmp_path):
     from utils.errors import UserError
 
