@@ -165,8 +165,8 @@ def full_precision_twin(config: str) -> str | None:
 
 
 def report_rows(runs: list[Run]) -> list[dict]:
-    """One row per (dataset, data folder, config, epochs, precision) of the training runs: complete seeds
-    aggregated, partial runs counted. A ternarized row also gets its gap to the
+    """One row per (dataset, data folder, config, epochs, precision) of the training runs:
+    complete seeds aggregated, partial runs counted. A ternarized row also gets its gap to the
     full-precision twin trained for as many epochs: the mean of the per-seed differences
     over the seeds both have (one baseline per comparison: the same seeds)."""
     groups: dict[tuple[str, str, str, int, str], list[Run]] = {}
@@ -187,7 +187,8 @@ def report_rows(runs: list[Run]) -> list[dict]:
         reference = complete or partial
         rows.append({
             "dataset": dataset, "data": folder, "config": config,
-            "data_set": f"{dataset} ({folder})" if len(folders[dataset]) > 1 else dataset, "seeds": sorted(r.seed for r in complete if r.seed is not None),
+            "data_set": f"{dataset} ({folder})" if len(folders[dataset]) > 1 else dataset,
+            "seeds": sorted(r.seed for r in complete if r.seed is not None),
             "by_seed": {r.seed: r.best_top1 for r in complete if r.best_top1 is not None},
             "top1": _mean_std(top1), "top1_mean": statistics.mean(top1) if top1 else None,
             "paper": paper, "diff": statistics.mean(top1) - paper if top1 and paper is not None else None,
