@@ -118,8 +118,20 @@ def test_readme_cifar10_prose_is_the_records():
     assert all(gap < 0 for gap in gaps)
     fp200, tern200 = best("fp_resnet20_e200_seed5000"), best("tern_resnet20_e200_seed5000")
     assert f"{tern200 - fp200:+.2f} ({fp200:.2f} vs {tern200:.2f}%)".replace("-", "−") in text
-    gap32 = best("tern_resnet32_e40_seed5000") - best("fp_resnet32_e40_seed5000")
-    assert "ResNet-32 at 40 epochs trails by " + f"{gap32:+.2f}".replace("-", "−") in text
+    gap32, gap44, gap56 = (best(f"tern_resnet{depth}_e40_seed5000") - best(f"fp_resnet{depth}_e40_seed5000")
+                           for depth in (32, 44, 56))
+    assert (f"At 40 epochs ResNet-32 trails by {gap32:+.2f} (paper +0.12), ResNet-44 by {gap44:+.2f} (paper +0.24); "
+            f"ResNet-56 is ahead, {gap56:+.2f} (paper +0.18)") in text.replace("−", "-")
+
+
+def test_the_resnet44_pair_figures_are_its_records():
+    fp, tern = record("fp_resnet44_e40_seed5000"), record("tern_resnet44_e40_seed5000")
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        text = " ".join(f.read().split()).replace("−", "-")
+    assert f"Full precision: best {fp['best_top1']:.2f}% at epoch {fp['best_epoch']}, final {fp['final_top1']:.2f}%" in text
+    assert (f"Ternarized: best {tern['best_top1']:.2f}% at epoch {tern['best_epoch']}, final {tern['final_top1']:.2f}%") in text
+    assert f"{100 * tern['sparsity']:.1f}% of the ternary weights zero). **The gap is " \
+           f"{tern['best_top1'] - fp['best_top1']:+.2f} points** (paper +0.24)" in text
 
 
 def test_the_fp32_pair_figures_are_its_records():
