@@ -124,12 +124,22 @@ def test_readme_cifar10_prose_is_the_records():
             f"ResNet-56 is ahead, {gap56:+.2f} (paper +0.18)") in text.replace("−", "-")
 
 
+def results_page() -> str:
+    """docs/results.md on one line, with ASCII minus signs."""
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        return " ".join(f.read().split()).replace("−", "-")
+
+
+def pair_sentences(fp: dict, tern: dict) -> tuple[str, str]:
+    """The opening of the "Full precision: best …" and "Ternarized: best …" sentences of a pair."""
+    return tuple(f"{label}: best {run['best_top1']:.2f}% at epoch {run['best_epoch']}, final {run['final_top1']:.2f}%"
+                 for label, run in (("Full precision", fp), ("Ternarized", tern)))
+
+
 def test_the_resnet44_pair_figures_are_its_records():
     fp, tern = record("fp_resnet44_e40_seed5000"), record("tern_resnet44_e40_seed5000")
-    with open(os.path.join(ROOT, "docs", "results.md")) as f:
-        text = " ".join(f.read().split()).replace("−", "-")
-    assert f"Full precision: best {fp['best_top1']:.2f}% at epoch {fp['best_epoch']}, final {fp['final_top1']:.2f}%" in text
-    assert (f"Ternarized: best {tern['best_top1']:.2f}% at epoch {tern['best_epoch']}, final {tern['final_top1']:.2f}%") in text
+    text = results_page()
+    assert all(sentence in text for sentence in pair_sentences(fp, tern))
     assert f"{100 * tern['sparsity']:.1f}% of the ternary weights zero). **The gap is " \
            f"{tern['best_top1'] - fp['best_top1']:+.2f} points** (paper +0.24)" in text
 
@@ -142,11 +152,10 @@ def test_the_fp32_pair_figures_are_its_records():
     fp, tern = fp32("fp_resnet20_e40_seed5000"), fp32("tern_resnet20_e40_seed5000")
     assert {fp["precision"], tern["precision"]} == {"fp32+channels_last"}
     bf16_gap = record("tern_resnet20_e40_seed5000")["best_top1"] - record("fp_resnet20_e40_seed5000")["best_top1"]
-    with open(os.path.join(ROOT, "docs", "results.md")) as f:
-        text = " ".join(f.read().split()).replace("−", "-")
-    assert f"Full precision: best {fp['best_top1']:.2f}% at epoch {fp['best_epoch']}, final {fp['final_top1']:.2f}%" in text
-    assert (f"Ternarized: best {tern['best_top1']:.2f}% at epoch {tern['best_epoch']}, final {tern['final_top1']:.2f}%, "
-            f"{100 * tern['sparsity']:.1f}% zeros") in text
+    text = results_page()
+    fp_sentence, tern_sentence = pair_sentences(fp, tern)
+    assert fp_sentence in text
+    assert f"{tern_sentence}, {100 * tern['sparsity']:.1f}% zeros" in text
     assert (f"The gap is {tern['best_top1'] - fp['best_top1']:+.2f} points in fp32 against {bf16_gap:+.2f} in bf16 at "
             "the same seed") in text
 
