@@ -88,6 +88,37 @@ def test_every_repository_path_and_script_exists(document):
     assert not missing, f"{document} names files that do not exist: {missing}"
 
 
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the Markdown headings of a text: lower case, every character but letters, digits,
+    spaces, '-' and '_' dropped, spaces turned into '-', a repeated anchor numbered -1, -2, ..."""
+    anchors: set[str] = set()
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    for heading in re.findall(r"^#{1,6} (.+?)\s*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        numbered, count = slug, 0
+        while numbered in anchors:
+            count += 1
+            numbered = f"{slug}-{count}"
+        anchors.add(numbered)
+    return anchors
+
+
+@pytest.mark.parametrize("document", [*DOCUMENTS, "pretrained/cifar10/README.md"])
+def test_every_relative_link_reaches_its_file_and_heading(document):
+    text = document_text(document)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = os.path.normpath(os.path.join(os.path.dirname(document), path)) if path else document
+        if not os.path.exists(os.path.join(ROOT, resolved)):
+            broken.append(target)
+        elif anchor and anchor not in heading_anchors(document_text(resolved)):
+            broken.append(target)
+    assert not broken, f"{document} links to missing files or headings: {broken}"
+
+
 def test_ci_runs_the_test_command_readme_gives():
     readme_command = re.search(r"```bash\n(python3 -m venv .*pytest.*)\n```", document_text("README.md")).group(1)
     assert readme_command in document_text(".ci/run").splitlines()

@@ -122,6 +122,7 @@ def test_readme_cifar10_prose_is_the_records():
                            for depth in (32, 44, 56))
     assert (f"At 40 epochs ResNet-32 trails by {gap32:+.2f} (paper +0.12), ResNet-44 by {gap44:+.2f} (paper +0.24); "
             f"ResNet-56 is ahead, {gap56:+.2f} (paper +0.18)") in text.replace("−", "-")
+    assert f"REL t_ex = 2 ({best('rel2_resnet20_e40_seed5000'):.2f}%) explains ResNet-20's gap" in text
 
 
 def results_page() -> str:
@@ -142,6 +143,20 @@ def test_the_resnet44_pair_figures_are_its_records():
     assert all(sentence in text for sentence in pair_sentences(fp, tern))
     assert f"{100 * tern['sparsity']:.1f}% of the ternary weights zero). **The gap is " \
            f"{tern['best_top1'] - fp['best_top1']:+.2f} points** (paper +0.24)" in text
+
+
+def test_the_rel_figures_are_its_records():
+    rel, tern, fp = (record(f"{variant}_resnet20_e40_seed5000") for variant in ("rel2", "tern", "fp"))
+    assert rel["args"]["tex"] == 2 and rel["status"] == "complete"
+    text = results_page()
+    assert (f"Best {rel['best_top1']:.2f}% at epoch {rel['best_epoch']}, final {rel['final_top1']:.2f}%, "
+            f"{100 * rel['sparsity']:.1f}% of the summed weights zero, {rel['weight_compression']:.1f}× weight") in text
+    assert (f"**{tern['best_top1'] - rel['best_top1']:.2f} points under the single-branch ternarized net of the same "
+            f"seed ({tern['best_top1']:.2f}%) and {fp['best_top1'] - rel['best_top1']:.2f} under full precision "
+            f"({fp['best_top1']:.2f}%)**") in text
+    assert (f"final training loss {rel['history'][-1]['train_loss']:.3f} against "
+            f"{tern['history'][-1]['train_loss']:.3f}") in text
+    assert f"it widens the gap to {rel['best_top1'] - fp['best_top1']:+.2f}" in text
 
 
 def test_the_fp32_pair_figures_are_its_records():
