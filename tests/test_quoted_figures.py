@@ -31,7 +31,10 @@ def test_readme_ternarizer_figures_are_the_records_and_the_withdrawn_ttq_model()
     text = " ".join(readme().split())
     assert f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, against" in text
     assert f"against {record('fp_resnet20_e40_seed5000')['best_top1']:.2f}% for full precision of the same seed" in text
-    assert f"code scales it collapsed here ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%, withdrawn)" in text
+    with open(os.path.join(ROOT, "results", "ttq_scales_at_1", "cifar10", "ttq_resnet20_e40_seed5000", "results.json")) as f:
+        collapsed = json.load(f)["best_top1"]
+    assert (f"code scales it collapsed here ({collapsed:.2f}%, withdrawn); with its scales in this layer's units it "
+            f"trains from scratch ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%)") in text
     fine_tuned = record("ttq_ff_ft_resnet20_e40_seed5000")["best_top1"]
     start = record("fp_resnet20_e200_seed5000")["best_top1"]
     shared = [f"{record(f'{method}_ft_resnet20_e40_seed5000')['best_top1']:.2f}" for method in ("tern", "twn", "absmean")]
@@ -157,6 +160,19 @@ def test_the_rel_figures_are_its_records():
     assert (f"final training loss {rel['history'][-1]['train_loss']:.3f} against "
             f"{tern['history'][-1]['train_loss']:.3f}") in text
     assert f"it widens the gap to {rel['best_top1'] - fp['best_top1']:+.2f}" in text
+
+
+def test_the_ttq_from_scratch_figures_are_its_records():
+    ttq, tern, fp = (record(f"{variant}_resnet20_e40_seed5000") for variant in ("ttq", "tern", "fp"))
+    assert ttq["args"]["quantizer"] == "ttq" and not ttq["args"].get("pretrained")
+    text = results_page()
+    assert (f"**TTQ from scratch, with its scales fixed: {ttq['best_top1']:.2f}%** (the paper's recipe, whole network "
+            f"ternarized; best at the last epoch, final {ttq['final_top1']:.2f}%, {100 * ttq['sparsity']:.1f}% zeros") in text
+    assert ttq["best_epoch"] == ttq["epochs"]
+    assert (f"{fp['best_top1'] - ttq['best_top1']:.2f} points under full precision and "
+            f"{tern['best_top1'] - ttq['best_top1']:.2f} under the paper's quantizer") in text
+    assert (f"final training loss {ttq['history'][-1]['train_loss']:.3f} against "
+            f"{tern['history'][-1]['train_loss']:.3f}") in text
 
 
 def test_the_fp32_pair_figures_are_its_records():
