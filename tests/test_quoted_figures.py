@@ -26,10 +26,10 @@ def record(name: str) -> dict:
 
 
 def test_readme_ternarizer_figures_are_the_records_and_the_withdrawn_ttq_model():
-    runs = ("tern_resnet20_e40_seed5000", "twn_resnet20_e40_seed5000")
+    runs = ("tern_resnet20_e40_seed5000", "twn_resnet20_e40_seed5000", "absmean_resnet20_e40_seed5000")
     best = [f"{record(name)['best_top1']:.2f}" for name in runs]
     text = " ".join(readme().split())
-    assert f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, against" in text
+    assert f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, absmean {best[2]}%, against" in text
     assert f"against {record('fp_resnet20_e40_seed5000')['best_top1']:.2f}% for full precision of the same seed" in text
     with open(os.path.join(ROOT, "results", "ttq_scales_at_1", "cifar10", "ttq_resnet20_e40_seed5000", "results.json")) as f:
         collapsed = json.load(f)["best_top1"]
@@ -162,9 +162,16 @@ def test_the_rel_figures_are_its_records():
     assert f"it widens the gap to {rel['best_top1'] - fp['best_top1']:+.2f}" in text
 
 
+def from_scratch_beside_the_pair(quantizer: str) -> tuple[dict, dict, dict]:
+    """The 40-epoch seed-5000 ResNet-20 records of a peer trained from scratch, the paper's quantizer and full
+    precision."""
+    peer, tern, fp = (record(f"{variant}_resnet20_e40_seed5000") for variant in (quantizer, "tern", "fp"))
+    assert peer["args"]["quantizer"] == quantizer and not peer["args"].get("pretrained")
+    return peer, tern, fp
+
+
 def test_the_ttq_from_scratch_figures_are_its_records():
-    ttq, tern, fp = (record(f"{variant}_resnet20_e40_seed5000") for variant in ("ttq", "tern", "fp"))
-    assert ttq["args"]["quantizer"] == "ttq" and not ttq["args"].get("pretrained")
+    ttq, tern, fp = from_scratch_beside_the_pair("ttq")
     text = results_page()
     assert (f"**TTQ from scratch, with its scales fixed: {ttq['best_top1']:.2f}%** (the paper's recipe, whole network "
             f"ternarized; best at the last epoch, final {ttq['final_top1']:.2f}%, {100 * ttq['sparsity']:.1f}% zeros") in text
@@ -173,6 +180,17 @@ def test_the_ttq_from_scratch_figures_are_its_records():
             f"{tern['best_top1'] - ttq['best_top1']:.2f} under the paper's quantizer") in text
     assert (f"final training loss {ttq['history'][-1]['train_loss']:.3f} against "
             f"{tern['history'][-1]['train_loss']:.3f}") in text
+
+
+def test_the_absmean_from_scratch_figures_are_its_records():
+    absmean, tern, fp = from_scratch_beside_the_pair("absmean")
+    text = results_page()
+    assert (f"**From scratch** with the paper's recipe: {absmean['best_top1']:.2f}% (best at epoch "
+            f"{absmean['best_epoch']}, final {absmean['final_top1']:.2f}%, {100 * absmean['sparsity']:.1f}% zeros") in text
+    assert (f"{tern['best_top1'] - absmean['best_top1']:.2f} points under the paper's quantizer of the same seed and "
+            f"{fp['best_top1'] - absmean['best_top1']:.2f} under full precision") in text
+    fine_tuned = record("absmean_ft_resnet20_e40_seed5000")["best_top1"]
+    assert f"absmean {fine_tuned - absmean['best_top1']:.2f}, TTQ" in text
 
 
 def test_the_fp32_pair_figures_are_its_records():
