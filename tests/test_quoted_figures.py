@@ -26,10 +26,9 @@ def record(name: str) -> dict:
 
 
 def test_readme_ternarizer_figures_are_the_records_and_the_withdrawn_ttq_model():
-    runs = ("tern_resnet20_e40_seed5000", "twn_resnet20_e40_seed5000", "absmean_resnet20_e40_seed5000")
-    best = [f"{record(name)['best_top1']:.2f}" for name in runs]
+    best = [f"{record(f'{method}_resnet20_e40_seed5000')['best_top1']:.2f}" for method in ("tern", "twn", "brevitas", "absmean")]
     text = " ".join(readme().split())
-    assert f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, absmean {best[2]}%, against" in text
+    assert f"best epoch in training: paper {best[0]}%, TWN {best[1]}%, Brevitas {best[2]}%, absmean {best[3]}%, against" in text
     assert f"against {record('fp_resnet20_e40_seed5000')['best_top1']:.2f}% for full precision of the same seed" in text
     with open(os.path.join(ROOT, "results", "ttq_scales_at_1", "cifar10", "ttq_resnet20_e40_seed5000", "results.json")) as f:
         collapsed = json.load(f)["best_top1"]
@@ -37,9 +36,11 @@ def test_readme_ternarizer_figures_are_the_records_and_the_withdrawn_ttq_model()
             f"trains from scratch ({record('ttq_resnet20_e40_seed5000')['best_top1']:.2f}%)") in text
     fine_tuned = record("ttq_ff_ft_resnet20_e40_seed5000")["best_top1"]
     start = record("fp_resnet20_e200_seed5000")["best_top1"]
-    shared = [f"{record(f'{method}_ft_resnet20_e40_seed5000')['best_top1']:.2f}" for method in ("tern", "twn", "absmean")]
-    assert (f"fine-tuned from the shipped {start:.2f}% model (one shared recipe), paper {shared[0]}%, "
-            f"TWN {shared[1]}%, absmean {shared[2]}%") in text
+    shared = {method: record(f"{method}_ft_resnet20_e40_seed5000") for method in ("tern", "brevitas", "twn", "absmean")}
+    top1 = {method: f"{run['best_top1']:.2f}" for method, run in shared.items()}
+    assert (f"fine-tuned from the shipped {start:.2f}% model (one shared recipe), paper {top1['tern']}%, "
+            f"Brevitas {top1['brevitas']}% ({100 * shared['brevitas']['sparsity']:.1f}% zeros against "
+            f"{100 * shared['tern']['sparsity']:.1f}%), TWN {top1['twn']}%, absmean {top1['absmean']}%") in text
     assert (f"its authors' recipe to {fine_tuned:.2f}% on CIFAR-10 ({fine_tuned - start:.2f} from the "
             f"{start:.2f}% model it starts from;") in text.replace("−", "-")
     with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
@@ -182,15 +183,60 @@ def test_the_ttq_from_scratch_figures_are_its_records():
             f"{tern['history'][-1]['train_loss']:.3f}") in text
 
 
+def assert_from_scratch_sentence(peer: dict, tern: dict, fp: dict, text: str) -> None:
+    """The "**From scratch** with the paper's recipe: …" sentence of a peer's paragraph is its records."""
+    assert (f"**From scratch** with the paper's recipe: {peer['best_top1']:.2f}% (best at epoch "
+            f"{peer['best_epoch']}, final {peer['final_top1']:.2f}%, {100 * peer['sparsity']:.1f}% zeros") in text
+    assert (f"{tern['best_top1'] - peer['best_top1']:.2f} points under the paper's quantizer of the same seed and "
+            f"{fp['best_top1'] - peer['best_top1']:.2f} under full precision") in text
+
+
 def test_the_absmean_from_scratch_figures_are_its_records():
     absmean, tern, fp = from_scratch_beside_the_pair("absmean")
     text = results_page()
-    assert (f"**From scratch** with the paper's recipe: {absmean['best_top1']:.2f}% (best at epoch "
-            f"{absmean['best_epoch']}, final {absmean['final_top1']:.2f}%, {100 * absmean['sparsity']:.1f}% zeros") in text
-    assert (f"{tern['best_top1'] - absmean['best_top1']:.2f} points under the paper's quantizer of the same seed and "
-            f"{fp['best_top1'] - absmean['best_top1']:.2f} under full precision") in text
+    assert_from_scratch_sentence(absmean, tern, fp, text)
     fine_tuned = record("absmean_ft_resnet20_e40_seed5000")["best_top1"]
-    assert f"absmean {fine_tuned - absmean['best_top1']:.2f}, TTQ" in text
+    assert f"absmean {fine_tuned - absmean['best_top1']:.2f}, Brevitas" in text
+
+
+def final_layer_report(name: str) -> tuple[dict[str, float], int, int]:
+    """({layer: zeros %}, full-precision MACs, non-zero MACs) of the report a finished run's log.txt ends with."""
+    with open(os.path.join(RESULTS, name, "log.txt")) as f:
+        log = f.read()
+    zeros = {layer: float(share) for layer, share in re.findall(r"^\| (\S+) \| [\d,]+ \| ([\d.]+)% \|", log, re.M)}
+    dense, non_zero = re.findall(r"MACs per image: full precision ([\d,]+); non-zero ([\d,]+)", log)[-1]
+    return zeros, int(dense.replace(",", "")), int(non_zero.replace(",", ""))
+
+
+def test_the_brevitas_figures_are_its_records():
+    brevitas, tern, fp = from_scratch_beside_the_pair("brevitas")
+    text = results_page()
+    assert_from_scratch_sentence(brevitas, tern, fp, text)
+    zeros, _, _ = final_layer_report("brevitas_resnet20_e40_seed5000")
+    assert (f"{zeros['conv_1_3x3']:.1f}% in the first conv, rising with depth to {zeros['stage_3.2.conv_b']:.1f}% "
+            f"in the last, and none in the classifier") in text and zeros["classifier"] == 0
+    assert (f"final training loss {brevitas['history'][-1]['train_loss']:.3f} against "
+            f"{tern['history'][-1]['train_loss']:.3f})") in text
+
+    tuned, tern_tuned = record("brevitas_ft_resnet20_e40_seed5000"), record("tern_ft_resnet20_e40_seed5000")
+    assert f"{tuned['best_top1']:.2f}" == f"{tern_tuned['best_top1']:.2f}"
+    assert (f"**Fine-tuned** with the shared recipe: {tuned['best_top1']:.2f}%, the paper's quantizer's figure to the "
+            f"hundredth (best at epoch {tuned['best_epoch']}, final {tuned['final_top1']:.2f}%, "
+            f"{100 * tuned['sparsity']:.1f}% zeros;") in text
+    with open(os.path.join(ROOT, "pretrained", "cifar10", "manifest.json")) as f:
+        shipped = {entry["name"]: entry for entry in json.load(f)["files"]}["brevitas_ft_resnet20_e40_seed5000"]
+    assert f"{shipped['top1']:.2f}% for the shipped file `brevitas_ft_resnet20_e40_seed5000` in fp32, {shipped['bytes']:,} bytes" in text
+    _, dense, non_zero = final_layer_report("brevitas_ft_resnet20_e40_seed5000")
+    _, _, tern_non_zero = final_layer_report("tern_ft_resnet20_e40_seed5000")
+    assert (f"with {100 * (1 - non_zero / tern_non_zero):.0f}% fewer non-zero multiply-accumulates per image: "
+            f"{non_zero / 1e6:.1f} million against {tern_non_zero / 1e6:.1f} million (full precision: "
+            f"{dense / 1e6:.1f} million)") in text
+    assert (f"(final {tuned['final_top1']:.2f} against {tern_tuned['final_top1']:.2f}%, final training loss "
+            f"{tuned['history'][-1]['train_loss']:.3f} against {tern_tuned['history'][-1]['train_loss']:.3f})") in text
+    assert f", Brevitas {tuned['best_top1'] - brevitas['best_top1']:.2f}, TTQ" in text
+    assert (f"Brevitas {100 * tuned['sparsity']:.1f}%, TWN {100 * record('twn_ft_resnet20_e40_seed5000')['sparsity']:.1f}%, "
+            f"the paper's {100 * tern_tuned['sparsity']:.1f}%") in text
+    assert f"TWN 85.21%, Brevitas {brevitas['best_top1']:.2f}%, absmean 84.81%" in text
 
 
 def test_the_fp32_pair_figures_are_its_records():
