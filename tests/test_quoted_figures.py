@@ -149,6 +149,12 @@ def test_the_resnet44_pair_figures_are_its_records():
            f"{tern['best_top1'] - fp['best_top1']:+.2f} points** (paper +0.24)" in text
 
 
+def final_losses(run: dict, baseline: dict) -> str:
+    """The "final training loss A against B" phrase comparing a run's last epoch with a baseline's."""
+    return (f"final training loss {run['history'][-1]['train_loss']:.3f} against "
+            f"{baseline['history'][-1]['train_loss']:.3f}")
+
+
 def test_the_rel_figures_are_its_records():
     rel, tern, fp = (record(f"{variant}_resnet20_e40_seed5000") for variant in ("rel2", "tern", "fp"))
     assert rel["args"]["tex"] == 2 and rel["status"] == "complete"
@@ -158,8 +164,7 @@ def test_the_rel_figures_are_its_records():
     assert (f"**{tern['best_top1'] - rel['best_top1']:.2f} points under the single-branch ternarized net of the same "
             f"seed ({tern['best_top1']:.2f}%) and {fp['best_top1'] - rel['best_top1']:.2f} under full precision "
             f"({fp['best_top1']:.2f}%)**") in text
-    assert (f"final training loss {rel['history'][-1]['train_loss']:.3f} against "
-            f"{tern['history'][-1]['train_loss']:.3f}") in text
+    assert final_losses(rel, tern) in text
     assert f"it widens the gap to {rel['best_top1'] - fp['best_top1']:+.2f}" in text
 
 
@@ -179,8 +184,7 @@ def test_the_ttq_from_scratch_figures_are_its_records():
     assert ttq["best_epoch"] == ttq["epochs"]
     assert (f"{fp['best_top1'] - ttq['best_top1']:.2f} points under full precision and "
             f"{tern['best_top1'] - ttq['best_top1']:.2f} under the paper's quantizer") in text
-    assert (f"final training loss {ttq['history'][-1]['train_loss']:.3f} against "
-            f"{tern['history'][-1]['train_loss']:.3f}") in text
+    assert final_losses(ttq, tern) in text
 
 
 def assert_from_scratch_sentence(peer: dict, tern: dict, fp: dict, text: str) -> None:
@@ -215,8 +219,7 @@ def test_the_brevitas_figures_are_its_records():
     zeros, _, _ = final_layer_report("brevitas_resnet20_e40_seed5000")
     assert (f"{zeros['conv_1_3x3']:.1f}% in the first conv, rising with depth to {zeros['stage_3.2.conv_b']:.1f}% "
             f"in the last, and none in the classifier") in text and zeros["classifier"] == 0
-    assert (f"final training loss {brevitas['history'][-1]['train_loss']:.3f} against "
-            f"{tern['history'][-1]['train_loss']:.3f})") in text
+    assert final_losses(brevitas, tern) + ")" in text
 
     tuned, tern_tuned = record("brevitas_ft_resnet20_e40_seed5000"), record("tern_ft_resnet20_e40_seed5000")
     assert f"{tuned['best_top1']:.2f}" == f"{tern_tuned['best_top1']:.2f}"
@@ -231,12 +234,13 @@ def test_the_brevitas_figures_are_its_records():
     assert (f"with {100 * (1 - non_zero / tern_non_zero):.0f}% fewer non-zero multiply-accumulates per image: "
             f"{non_zero / 1e6:.1f} million against {tern_non_zero / 1e6:.1f} million (full precision: "
             f"{dense / 1e6:.1f} million)") in text
-    assert (f"(final {tuned['final_top1']:.2f} against {tern_tuned['final_top1']:.2f}%, final training loss "
-            f"{tuned['history'][-1]['train_loss']:.3f} against {tern_tuned['history'][-1]['train_loss']:.3f})") in text
+    assert f"(final {tuned['final_top1']:.2f} against {tern_tuned['final_top1']:.2f}%, {final_losses(tuned, tern_tuned)})" in text
     assert f", Brevitas {tuned['best_top1'] - brevitas['best_top1']:.2f}, TTQ" in text
     assert (f"Brevitas {100 * tuned['sparsity']:.1f}%, TWN {100 * record('twn_ft_resnet20_e40_seed5000')['sparsity']:.1f}%, "
             f"the paper's {100 * tern_tuned['sparsity']:.1f}%") in text
-    assert f"TWN 85.21%, Brevitas {brevitas['best_top1']:.2f}%, absmean 84.81%" in text
+    ranked = ", ".join(f"{label} {record(f'{variant}_resnet20_e40_seed5000')['best_top1']:.2f}%" for label, variant in
+                       (("the paper's", "tern"), ("TWN", "twn"), ("Brevitas", "brevitas"), ("absmean", "absmean")))
+    assert f"From scratch they rank {ranked}," in text
 
 
 def test_the_fp32_pair_figures_are_its_records():
